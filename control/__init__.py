@@ -1,0 +1,1 @@
+"""The control API that Hermes calls: workspaces, git, Claude runs, state."""

@@ -1,0 +1,100 @@
+"""The application factory: one aiohttp app fronting previews, the control API and operations."""
+
+from __future__ import annotations
+
+import time
+from typing import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from edge import health, keys, proxy, routes_api
+from edge.errors import error_response
+from edge.hostpolicy import HostPolicy, split_host
+from edge.proxylog import JsonLines, ProxyLog
+from edge.routing import SessionTable
+from edge.settings import Settings
+from edge.websocket import SOCKETS, SocketRegistry
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def host_policy(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse unknown hosts and absolute-form targets before anything else runs.
+
+    The edge rewrites ``Host`` for the upstream, so Vite's DNS-rebinding check
+    no longer protects the dev server: this is that check, at the edge.
+    """
+    if not request.raw_path.startswith("/"):
+        return error_response(request, 400, "Absolute-form and authority-form request targets are not accepted.")
+    hosts = request.headers.getall("Host", [])
+    host = split_host(hosts[0]) if len(hosts) == 1 else None
+    if host is None:
+        return error_response(request, 400, "The request needs exactly one valid Host header.")
+    policy = request.app[keys.HOSTS]
+    if not policy.allows(host):
+        return error_response(
+            request,
+            421,
+            f"This edge does not serve the host {host!r}.",
+            "Add it to EDGE_PUBLIC_HOSTS if it is one of yours.",
+        )
+    if policy.session_for_host(host) is not None:
+        return await proxy.handle(request)
+    return await handler(request)
+
+
+async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_connect=settings.connect_timeout)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        trust_env=False,
+    ) as client:
+        app[keys.CLIENT] = client
+        yield
+
+
+async def _proxy_log_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[keys.PROXY_LOG].close()
+
+
+async def _close_sockets_on_remove(app: web.Application) -> AsyncIterator[None]:
+    sockets = app[SOCKETS]
+    app[keys.SESSIONS].on_remove(sockets.close_session)
+    yield
+    await sockets.close_all()
+
+
+def proxy_log_for(settings: Settings) -> ProxyLog:
+    addons: list = [JsonLines()]
+    if settings.flow_log is not None:
+        from edge.flowfile import FlowFile
+
+        addons.append(FlowFile(settings.flow_log))
+    return ProxyLog(addons)
+
+
+def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None = None) -> web.Application:
+    """Build the edge: its own routes first, the session proxy as the catch-all."""
+    settings = settings or Settings.from_env()
+    app = web.Application(middlewares=[host_policy], client_max_size=1024**2)
+    app[keys.SETTINGS] = settings
+    app[keys.SESSIONS] = SessionTable()
+    app[keys.HOSTS] = HostPolicy(settings.public_hosts, settings.session_host_patterns)
+    app[keys.PROXY_LOG] = proxy_log or proxy_log_for(settings)
+    app[keys.STARTED_AT] = time.monotonic()
+    app[SOCKETS] = SocketRegistry()
+    app.cleanup_ctx.extend([_client_ctx, _proxy_log_ctx, _close_sockets_on_remove])
+
+    health.setup(app)
+    routes_api.setup(app)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app

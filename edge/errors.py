@@ -1,0 +1,58 @@
+"""Error answers: a small HTML page for browsers, JSON for API clients."""
+
+from __future__ import annotations
+
+import html
+import json
+from http import HTTPStatus
+
+from aiohttp import web
+
+
+def wants_html(request: web.BaseRequest) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept
+
+
+def error_response(
+    request: web.BaseRequest,
+    status: int,
+    error: str,
+    hint: str = "",
+    *,
+    retry_after: int | None = None,
+    extra: dict | None = None,
+    refresh: bool = False,
+) -> web.Response:
+    """An error answer in the form the client reads.
+
+    ``error`` says what happened, ``hint`` what to do about it. With
+    ``refresh`` a browser page reloads itself after ``retry_after`` seconds
+    (used while a preview starts).
+    """
+    headers = {"Cache-Control": "no-store"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if wants_html(request):
+        title = html.escape(f"{status} {_reason(status)}")
+        meta = f'<meta http-equiv="refresh" content="{retry_after or 2}">' if refresh else ""
+        body = (
+            "<!doctype html><html><head><meta charset=utf-8>"
+            f"<title>{title}</title>{meta}"
+            "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;color:#222}"
+            "h1{font-size:1.3em}pre{background:#f4f4f4;padding:1em;overflow:auto;font-size:13px}</style>"
+            f"</head><body><h1>{title}</h1><p>{html.escape(error)}</p>"
+            + (f"<p>{html.escape(hint)}</p>" if hint else "")
+            + (f"<pre>{html.escape(extra['log'])}</pre>" if extra and extra.get("log") else "")
+            + "</body></html>"
+        )
+        return web.Response(status=status, text=body, content_type="text/html", headers=headers)
+    payload = {"success": False, "error": error, **({"hint": hint} if hint else {}), **(extra or {})}
+    return web.Response(status=status, text=json.dumps(payload), content_type="application/json", headers=headers)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

@@ -1,0 +1,70 @@
+"""The record of one proxied exchange, in the manner of mitmproxy's flow object.
+
+The proxy fills a :class:`ProxyFlow` as the exchange goes on (the request as
+the client sent it, the request as the upstream got it, each header change,
+the response, byte counts); the proxy log's addons read it when it is done.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+
+@dataclass(frozen=True)
+class HeaderChange:
+    """One header the edge added, removed or rewrote, on one side of the exchange."""
+
+    direction: str  # "request" (toward the upstream) or "response" (toward the client)
+    action: str  # "added", "removed" or "rewritten"
+    name: str
+    old: str | None = None
+    new: str | None = None
+
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+@dataclass
+class ProxyFlow:
+    """A request and its response as they crossed the edge."""
+
+    session_id: str
+    match: str  # "host", "prefix" or "cookie"
+    method: str
+    raw_path: str  # the public raw path and query, as the client sent it
+    http_version: str
+    client_addr: str
+    client_headers: Headers
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.time)
+    upstream_url: str = ""
+    upstream_headers: Headers = field(default_factory=CIMultiDict)
+    changes: list[HeaderChange] = field(default_factory=list)
+    status: int | None = None
+    reason: str = ""
+    upstream_response_headers: Headers = field(default_factory=CIMultiDict)
+    response_headers: Headers = field(default_factory=CIMultiDict)
+    bytes_in: int = 0  # request body bytes (or WebSocket bytes) from the client
+    bytes_out: int = 0  # response body bytes (or WebSocket bytes) to the client
+    websocket: bool = False
+    messages_in: int = 0
+    messages_out: int = 0
+    close_code: int | None = None
+    error: str | None = None
+    ended: float | None = None
+
+    def change(self, direction: str, action: str, name: str, old: str | None = None, new: str | None = None) -> None:
+        self.changes.append(HeaderChange(direction, action, name, old, new))
+
+    def finish(self, error: str | None = None) -> None:
+        if error and not self.error:
+            self.error = error
+        self.ended = time.time()
+
+    @property
+    def duration_ms(self) -> float:
+        return round(((self.ended or time.time()) - self.started) * 1000, 2)

@@ -1,0 +1,37 @@
+"""Health checks: ``/health`` for operators and load balancers, ``/api/health`` for Hermes."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from edge import __version__, keys
+from edge.routing import RouteState
+from edge.websocket import SOCKETS
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    table = app[keys.SESSIONS]
+    routes = list(table.routes.values())
+    return web.json_response(
+        {
+            "status": "healthy",
+            "version": __version__,
+            "uptimeSeconds": round(time.monotonic() - app[keys.STARTED_AT], 1),
+            "sessions": len(routes),
+            "previewsRunning": sum(1 for r in routes if r.state is RouteState.READY and r.target is not None),
+            "websockets": app[SOCKETS].count(),
+        }
+    )
+
+
+async def api_health(request: web.Request) -> web.Response:
+    """The old container's contract: plain ``OK``."""
+    return web.Response(text="OK")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/health", api_health)

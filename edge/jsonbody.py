@@ -1,0 +1,45 @@
+"""JSON request bodies and JSON error answers for the API."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+MAX_JSON_BODY = 1024 * 1024
+
+
+class JsonError(web.HTTPException):
+    """An API error answered as ``{"success": false, "error": ...}`` with any status."""
+
+    def __init__(self, status: int, error: str, **extra: object) -> None:
+        self.status_code = status
+        super().__init__(
+            text=json.dumps({"success": False, "error": error, **extra}),
+            content_type="application/json",
+        )
+
+
+def json_error(status: int, error: str, **extra: object) -> web.HTTPException:
+    """The exception to raise for an API error."""
+    return JsonError(status, error, **extra)
+
+
+async def read_json_object(request: web.Request, limit: int = MAX_JSON_BODY) -> dict:
+    """The request's JSON object; 413 when too large, 400 when not a JSON object."""
+    if request.content_length is not None and request.content_length > limit:
+        raise json_error(413, f"request body larger than {limit} bytes")
+    data = bytearray()
+    async for chunk in request.content.iter_any():
+        data += chunk
+        if len(data) > limit:
+            raise json_error(413, f"request body larger than {limit} bytes")
+    if not data.strip():
+        return {}
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise json_error(400, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise json_error(400, "request body must be a JSON object")
+    return body

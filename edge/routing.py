@@ -1,0 +1,205 @@
+"""The session table and how a request finds its session.
+
+A request reaches a session in one of three ways, tried in this order:
+
+1. host mode: the ``Host`` names the session (``abc--edit.amelia...``); the
+   path goes upstream unchanged;
+2. prefix mode: ``/session/<id>/rest`` goes upstream as ``/rest``;
+3. cookie: a root-absolute request (``/@vite/client``, ``/src/...``, the HMR
+   socket at ``/?token=...``) carries the session in the edge's cookie.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Awaitable, Callable, Iterable
+
+from yarl import URL
+
+from edge.hostpolicy import SESSION_ID
+
+SESSION_COOKIE = "edge_session"
+_PREFIX_RE = re.compile(rf"^/session/(?P<session>{SESSION_ID})(?P<rest>/.*)?$", re.DOTALL)
+
+
+class RouteError(ValueError):
+    """A route target the edge refuses (bad URL, or outside EDGE_UPSTREAM_NETWORKS)."""
+
+
+def parse_target(
+    target: str,
+    networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> URL:
+    """Validate an upstream target such as ``http://127.0.0.1:4400``.
+
+    Only plain ``http`` origins whose host is an IP literal inside one of the
+    allowed networks are accepted: a name could resolve anywhere, so the
+    routes API could otherwise be used to reach arbitrary hosts.
+    """
+    if not isinstance(target, str) or not target:
+        raise RouteError("target must be a URL string such as http://127.0.0.1:4400")
+    try:
+        url = URL(target)
+    except ValueError:
+        raise RouteError(f"target {target!r} is not a URL") from None
+    if url.scheme != "http" or not url.host or url.user or url.password:
+        raise RouteError("target must be an http:// origin without credentials")
+    if url.path not in ("", "/") or url.query_string or url.fragment:
+        raise RouteError("target must be an origin (no path, query or fragment)")
+    try:
+        address = ipaddress.ip_address(url.host)
+    except ValueError:
+        raise RouteError("target host must be an IP address (names are not resolved)") from None
+    if not any(address in net for net in networks):
+        raise RouteError(f"target {address} is outside EDGE_UPSTREAM_NETWORKS")
+    if url.explicit_port is None:
+        raise RouteError("target must name a port")
+    return URL.build(scheme="http", host=url.host, port=url.port)
+
+
+class RouteState(str, Enum):
+    """Whether a session's upstream can take requests now."""
+
+    READY = "ready"
+    STARTING = "starting"
+    FAILED = "failed"
+
+
+@dataclass
+class Route:
+    """Where one session's requests go."""
+
+    session_id: str
+    target: URL | None
+    state: RouteState = RouteState.READY
+    source: str = "api"
+    detail: str = ""
+    retry_after: int = 2
+
+    def as_json(self) -> dict:
+        return {
+            "sessionId": self.session_id,
+            "target": str(self.target) if self.target else None,
+            "state": self.state.value,
+            "source": self.source,
+            "detail": self.detail,
+        }
+
+
+RemoveListener = Callable[[str], Awaitable[None]]
+# Asked for a session with no route (or a route that is not ready): a preview
+# supervisor can start the session's dev server and return its current route.
+RouteProvider = Callable[[str], Awaitable["Route | None"]]
+
+
+@dataclass
+class SessionTable:
+    """sessionId → Route. Filled by the routes API and by the preview supervisor."""
+
+    routes: dict[str, Route] = field(default_factory=dict)
+    provider: RouteProvider | None = None
+    last_activity: dict[str, float] = field(default_factory=dict)
+    _listeners: list[RemoveListener] = field(default_factory=list)
+
+    def touch(self, session_id: str) -> None:
+        """Record activity (a proxied response or WebSocket frame) for idle tracking."""
+        self.last_activity[session_id] = time.monotonic()
+
+    def set(self, route: Route) -> None:
+        self.routes[route.session_id] = route
+
+    def get(self, session_id: str) -> Route | None:
+        return self.routes.get(session_id)
+
+    async def lookup(self, session_id: str) -> Route | None:
+        """The route for a request: asks the provider when none is ready."""
+        route = self.routes.get(session_id)
+        if (route is None or route.state is not RouteState.READY) and self.provider is not None:
+            provided = await self.provider(session_id)
+            if provided is not None:
+                return provided
+        return route
+
+    async def remove(self, session_id: str) -> bool:
+        """Drop a route and tell listeners (the WebSocket relay closes its sockets)."""
+        route = self.routes.pop(session_id, None)
+        for listener in list(self._listeners):
+            await listener(session_id)
+        return route is not None
+
+    def on_remove(self, listener: RemoveListener) -> None:
+        self._listeners.append(listener)
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+
+class MatchKind(str, Enum):
+    HOST = "host"
+    PREFIX = "prefix"
+    COOKIE = "cookie"
+
+
+@dataclass(frozen=True)
+class Match:
+    """A request's session and the raw path+query to send upstream."""
+
+    session_id: str
+    kind: MatchKind
+    upstream_path: str  # raw (still percent-encoded) path and query, starting with '/'
+    prefix: str  # the public prefix that was stripped ('' in host and cookie mode)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Send the browser elsewhere (307) instead of proxying."""
+
+    location: str
+
+
+def match_prefix(raw_path: str) -> Match | Redirect | None:
+    """Match ``/session/<id>/...`` on the raw path (whole segments only)."""
+    path, sep, query = raw_path.partition("?")
+    found = _PREFIX_RE.match(path)
+    if not found or ".." in found.group("session"):
+        return None
+    session_id = found.group("session")
+    rest = found.group("rest")
+    prefix = f"/session/{session_id}"
+    if rest is None:
+        return Redirect(prefix + "/" + sep + query)
+    return Match(session_id, MatchKind.PREFIX, rest + sep + query, prefix)
+
+
+def cookie_session(cookie_header: str | None) -> str | None:
+    """The session named by the edge's own cookie, if any."""
+    for name, value in iter_cookies(cookie_header):
+        if name == SESSION_COOKIE:
+            return value
+    return None
+
+
+def iter_cookies(cookie_header: str | None) -> Iterable[tuple[str, str]]:
+    for piece in (cookie_header or "").split(";"):
+        name, _, value = piece.strip().partition("=")
+        yield name.strip(), value.strip()
+
+
+def strip_session_cookie(cookie_header: str) -> str | None:
+    """Remove the edge's cookie; every other cookie passes byte-identical."""
+    kept = [piece for piece in cookie_header.split(";") if piece.strip().partition("=")[0].strip() != SESSION_COOKIE]
+    if not kept:
+        return None
+    joined = ";".join(kept)
+    return joined.strip() if len(kept) != len(cookie_header.split(";")) else cookie_header
+
+
+def is_navigation(sec_fetch_mode: str | None, sec_fetch_dest: str | None, accept: str | None) -> bool:
+    """Whether a request is a top-level page load (so a redirect keeps the URL shareable)."""
+    if sec_fetch_mode is not None:
+        return sec_fetch_mode == "navigate" and (sec_fetch_dest or "document") == "document"
+    return "text/html" in (accept or "")

@@ -1,0 +1,161 @@
+"""The one settings object, read once from the environment.
+
+Every variable read here is listed in the README's table; nothing else in the
+code base reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_PUBLIC_HOSTS = (
+    "edit.amelia.webordinary.com",
+    "*.edit.amelia.webordinary.com",
+    "localhost",
+    "*.localhost",
+    "127.0.0.1",
+    "[::1]",
+)
+
+
+class SettingsError(ValueError):
+    """A variable has a value the edge cannot use; the message names it."""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use 1/0, true/false)")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise SettingsError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = env.get(name) or default
+    try:
+        return tuple(ipaddress.ip_network(part, strict=False) for part in _split(raw))
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
+def _default_workspace() -> Path:
+    return Path.cwd() / "workspace"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one edge process (see the README for each field's variable)."""
+
+    # The edge server
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_hosts: tuple[str, ...] = DEFAULT_PUBLIC_HOSTS
+    session_host_patterns: tuple[str, ...] = ("{session}--edit.amelia.webordinary.com", "{session}.localhost")
+    upstream_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    connect_timeout: float = 5.0
+    first_byte_timeout: float = 60.0
+    header_timeout: float = 10.0
+    max_connections: int = 1000
+    flow_log: Path | None = None
+    api_token: str | None = field(default=None, repr=False)
+    allow_no_auth: bool = False
+    drain_seconds: float = 10.0
+
+    # Workspaces and git
+    workspace_path: Path = field(default_factory=_default_workspace)
+    github_token: str | None = field(default=None, repr=False)
+    default_client_id: str = "default"
+    default_user_id: str = "default"
+    git_default_branch: str | None = None
+    git_allowed_hosts: tuple[str, ...] = ("github.com",)
+    git_allow_local: bool = False
+    git_protected_branches: tuple[str, ...] = ("main", "master", "production")
+    git_auto_push: bool = False
+
+    # Previews
+    astro_port: int = 4321
+    node_binary: str = "node"
+    astro_start_timeout: float = 30.0
+    preview_idle_minutes: float = 10.0
+    max_previews: int = 4
+
+    # Operations
+    auto_shutdown_minutes: float = 20.0
+    dynamodb_table: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read the settings once; raise SettingsError naming a bad variable."""
+        env = os.environ if env is None else env
+        flow_log = env.get("EDGE_FLOW_LOG")
+        workspace = env.get("WORKSPACE_PATH")
+        settings = cls(
+            host=env.get("EDGE_HOST", cls.host) or cls.host,
+            port=int(_number(env, "PORT", cls.port, int)),
+            public_hosts=_split(env["EDGE_PUBLIC_HOSTS"]) if env.get("EDGE_PUBLIC_HOSTS") else DEFAULT_PUBLIC_HOSTS,
+            session_host_patterns=_split(env.get("EDGE_SESSION_HOSTS") or ",".join(cls.session_host_patterns)),
+            upstream_networks=_networks(env, "EDGE_UPSTREAM_NETWORKS", "127.0.0.0/8,::1/128"),
+            trusted_proxies=_networks(env, "EDGE_TRUSTED_PROXIES", "127.0.0.0/8,::1/128"),
+            connect_timeout=_number(env, "EDGE_CONNECT_TIMEOUT", cls.connect_timeout),
+            first_byte_timeout=_number(env, "EDGE_FIRST_BYTE_TIMEOUT", cls.first_byte_timeout),
+            header_timeout=_number(env, "EDGE_HEADER_TIMEOUT", cls.header_timeout),
+            max_connections=int(_number(env, "EDGE_MAX_CONNECTIONS", cls.max_connections, int)),
+            flow_log=Path(flow_log) if flow_log else None,
+            api_token=env.get("EDGE_API_TOKEN") or None,
+            allow_no_auth=_bool(env, "EDGE_ALLOW_NO_AUTH", False),
+            drain_seconds=_number(env, "EDGE_DRAIN_SECONDS", cls.drain_seconds),
+            workspace_path=Path(workspace) if workspace else _default_workspace(),
+            github_token=env.get("GITHUB_TOKEN") or None,
+            default_client_id=env.get("DEFAULT_CLIENT_ID") or cls.default_client_id,
+            default_user_id=env.get("DEFAULT_USER_ID") or cls.default_user_id,
+            git_default_branch=env.get("GIT_DEFAULT_BRANCH") or None,
+            git_allowed_hosts=_split(env.get("GIT_ALLOWED_HOSTS") or "github.com"),
+            git_allow_local=_bool(env, "GIT_ALLOW_LOCAL", False),
+            git_protected_branches=_split(env.get("GIT_PROTECTED_BRANCHES") or "main,master,production"),
+            git_auto_push=_bool(env, "GIT_AUTO_PUSH", False),
+            astro_port=int(_number(env, "ASTRO_PORT", cls.astro_port, int)),
+            node_binary=env.get("NODE_BINARY") or cls.node_binary,
+            astro_start_timeout=_number(env, "ASTRO_START_TIMEOUT", cls.astro_start_timeout),
+            preview_idle_minutes=_number(env, "PREVIEW_IDLE_MINUTES", cls.preview_idle_minutes),
+            max_previews=int(_number(env, "MAX_PREVIEWS", cls.max_previews, int)),
+            auto_shutdown_minutes=_number(env, "AUTO_SHUTDOWN_MINUTES", cls.auto_shutdown_minutes),
+            dynamodb_table=env.get("DYNAMODB_TABLE") or None,
+        )
+        if not 0 < settings.port < 65536:
+            raise SettingsError(f"PORT={settings.port} is not a TCP port")
+        for pattern in settings.session_host_patterns:
+            if pattern.count("{session}") != 1:
+                raise SettingsError(f"EDGE_SESSION_HOSTS: {pattern!r} must contain {{session}} once")
+        return settings

@@ -1,0 +1,1 @@
+"""Astro dev-server supervisor: one preview per conversation thread."""

@@ -1,0 +1,87 @@
+"""Shared fixtures: a real edge listening on 127.0.0.1, and real upstream servers.
+
+Topic-specific fixtures live in ``tests/fixtures_*.py`` modules listed in
+``pytest_plugins`` below.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from typing import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from edge.app import create_app
+from edge.proxylog import ProxyLog
+from edge.settings import Settings
+
+pytest_plugins: list[str] = []
+
+
+def free_port() -> int:
+    """A port that is free on 127.0.0.1 right now (tests never use fixed ports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    """An aiohttp app served on 127.0.0.1 for the length of a test."""
+
+    def __init__(self, runner: web.AppRunner, port: int) -> None:
+        self.runner = runner
+        self.port = port
+        self.app = runner.app
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str = "/") -> str:
+        return self.origin + path
+
+
+async def serve_app(app: web.Application, **runner_kwargs) -> RunningServer:
+    runner = web.AppRunner(app, **runner_kwargs)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return RunningServer(runner, port)
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    """Embedded defaults, with the workspace in the test's temporary folder."""
+    return replace(Settings.from_env({}), workspace_path=tmp_path / "workspace", port=free_port())
+
+
+ServeFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[ServeFactory]:
+    """Serve any aiohttp app (an upstream) on 127.0.0.1; stopped after the test."""
+    started: list[RunningServer] = []
+
+    async def start(app: web.Application, **runner_kwargs) -> RunningServer:
+        server = await serve_app(app, **runner_kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        await server.runner.cleanup()
+
+
+@pytest.fixture
+async def edge(settings: Settings, serve: ServeFactory) -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
+    """Start a real edge (as ``edge serve`` runs it) with settings overrides."""
+
+    async def start(proxy_log: ProxyLog | None = None, **overrides) -> RunningServer:
+        app = create_app(replace(settings, **overrides), proxy_log=proxy_log)
+        return await serve(app, handler_cancellation=True)
+
+    yield start

@@ -8,8 +8,13 @@ from typing import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+import preview
+from control import api as control_api
+from control.previews import RegistryLocator
+from control.sessions import REGISTRY
 from edge import health, keys, proxy, routes_api
 from edge.errors import error_response
+from edge.framing import reject_ambiguous_framing
 from edge.hostpolicy import HostPolicy, split_host
 from edge.proxylog import JsonLines, ProxyLog
 from edge.routing import SessionTable
@@ -17,6 +22,8 @@ from edge.settings import Settings
 from edge.websocket import SOCKETS, SocketRegistry
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Load balancers check health with the task's private IP as Host; these answers reveal nothing.
+ANY_HOST_PATHS = frozenset({"/health", "/api/health"})
 
 
 @web.middleware
@@ -28,11 +35,16 @@ async def host_policy(request: web.Request, handler: Handler) -> web.StreamRespo
     """
     if not request.raw_path.startswith("/"):
         return error_response(request, 400, "Absolute-form and authority-form request targets are not accepted.")
+    if request.path in ANY_HOST_PATHS and request.method in ("GET", "HEAD"):
+        return await handler(request)
     hosts = request.headers.getall("Host", [])
     host = split_host(hosts[0]) if len(hosts) == 1 else None
     if host is None:
         return error_response(request, 400, "The request needs exactly one valid Host header.")
     policy = request.app[keys.HOSTS]
+    session_id = policy.session_for_host(host)
+    if session_id is not None:
+        return await proxy.handle_host(request, session_id)
     if not policy.allows(host):
         return error_response(
             request,
@@ -40,8 +52,6 @@ async def host_policy(request: web.Request, handler: Handler) -> web.StreamRespo
             f"This edge does not serve the host {host!r}.",
             "Add it to EDGE_PUBLIC_HOSTS if it is one of yours.",
         )
-    if policy.session_for_host(host) is not None:
-        return await proxy.handle(request)
     return await handler(request)
 
 
@@ -73,6 +83,11 @@ async def _close_sockets_on_remove(app: web.Application) -> AsyncIterator[None]:
     await sockets.close_all()
 
 
+async def _close_sockets_on_shutdown(app: web.Application) -> None:
+    """Before the server waits for its handlers: open sockets end with 1001, not a dropped connection."""
+    await app[SOCKETS].close_all()
+
+
 def proxy_log_for(settings: Settings) -> ProxyLog:
     addons: list = [JsonLines()]
     if settings.flow_log is not None:
@@ -85,7 +100,7 @@ def proxy_log_for(settings: Settings) -> ProxyLog:
 def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None = None) -> web.Application:
     """Build the edge: its own routes first, the session proxy as the catch-all."""
     settings = settings or Settings.from_env()
-    app = web.Application(middlewares=[host_policy], client_max_size=1024**2)
+    app = web.Application(middlewares=[reject_ambiguous_framing, host_policy], client_max_size=1024**2)
     app[keys.SETTINGS] = settings
     app[keys.SESSIONS] = SessionTable()
     app[keys.HOSTS] = HostPolicy(settings.public_hosts, settings.session_host_patterns)
@@ -93,8 +108,11 @@ def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None =
     app[keys.STARTED_AT] = time.monotonic()
     app[SOCKETS] = SocketRegistry()
     app.cleanup_ctx.extend([_client_ctx, _proxy_log_ctx, _close_sockets_on_remove])
+    app.on_shutdown.append(_close_sockets_on_shutdown)
 
     health.setup(app)
     routes_api.setup(app)
+    control_api.setup(app)
+    preview.setup(app, RegistryLocator(app[REGISTRY], settings.workspace_path))
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

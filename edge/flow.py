@@ -39,7 +39,8 @@ class ProxyFlow:
     http_version: str
     client_addr: str
     client_headers: Headers
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The same id names the client-side flow in the mitmproxy flow file (EDGE_FLOW_LOG).
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started: float = field(default_factory=time.time)
     upstream_url: str = ""
     upstream_headers: Headers = field(default_factory=CIMultiDict)
@@ -64,6 +65,11 @@ class ProxyFlow:
         if error and not self.error:
             self.error = error
         self.ended = time.time()
+
+    @property
+    def upstream_answered(self) -> bool:
+        """Whether the upstream sent a response (otherwise any status is the edge's own)."""
+        return bool(self.upstream_response_headers) or (self.websocket and self.status == 101)
 
     @property
     def duration_ms(self) -> float:

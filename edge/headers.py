@@ -35,7 +35,8 @@ WEBSOCKET_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept"}
 )
 WEBSOCKET_OWN = WEBSOCKET_HANDSHAKE | {"connection", "upgrade"}
-FORWARDED = ("X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Prefix")
+# Request headers that end at the edge: the edge itself answered `Expect: 100-continue`.
+REQUEST_ONLY = frozenset({"expect"})
 
 
 def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -62,6 +63,7 @@ def make_peer(
     request_scheme: str,
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
 ) -> Peer:
+    """Who is asking, and by which public origin; ``X-Forwarded-*`` believed only from trusted proxies."""
     address = remote or ""
     try:
         trusted = any(ipaddress.ip_address(address) in net for net in trusted_networks)
@@ -69,15 +71,26 @@ def make_peer(
         trusted = False
     host = headers.get("Host", "")
     scheme = request_scheme
-    if trusted and headers.get("X-Forwarded-Proto"):
-        scheme = headers["X-Forwarded-Proto"].split(",")[0].strip().lower() or scheme
-    if trusted and headers.get("X-Forwarded-Port"):
-        port = headers["X-Forwarded-Port"].split(",")[0].strip()
-    else:
-        _, sep, port = host.rpartition(":") if not host.endswith("]") else ("", "", "")
-        if not sep or not port.isdigit():
-            port = "443" if scheme == "https" else "80"
+    port = ""
+    if trusted:
+        proto = _first(headers.get("X-Forwarded-Proto")).lower()
+        scheme = proto if proto in ("http", "https") else scheme
+        forwarded_port = _first(headers.get("X-Forwarded-Port"))
+        port = forwarded_port if forwarded_port.isdigit() else ""
+    if not port:
+        _, sep, host_port = host.rpartition(":")
+        port = host_port if sep and host_port.isdigit() else ("443" if scheme == "https" else "80")
     return Peer(address, trusted, scheme, host, port)
+
+
+def _first(value: str | None) -> str:
+    """The first (client-side) entry of a comma-separated forwarding header."""
+    return (value or "").split(",", 1)[0].strip()
+
+
+def upstream_host(target: URL) -> str:
+    """The ``Host`` the upstream gets: its own address (Vite allows IP literals)."""
+    return f"{target.host_subcomponent}:{target.port}"
 
 
 def upstream_request_headers(
@@ -89,61 +102,75 @@ def upstream_request_headers(
     *,
     websocket: bool = False,
 ) -> CIMultiDict[str]:
-    """The headers sent upstream: Vite sees ``Host: 127.0.0.1:<port>``."""
-    drop = HOP_BY_HOP | connection_listed(client)
+    """The headers sent upstream: Vite sees ``Host: 127.0.0.1:<port>``.
+
+    Hop-by-hop headers (and any named in ``Connection``) and the edge's own
+    cookie are removed; ``X-Forwarded-*`` are rebuilt, extending the client's
+    ``X-Forwarded-For`` chain only when the peer is a trusted proxy.
+    """
+    drop = HOP_BY_HOP | REQUEST_ONLY | connection_listed(client)
     if websocket:
         drop = drop | WEBSOCKET_HANDSHAKE
     out: CIMultiDict[str] = CIMultiDict()
+    received: dict[str, tuple[str, str]] = {}  # the client's forwarding headers: lower name → (name, value)
     for name, value in client.items():
         lower = name.lower()
         if lower in drop:
             if not (websocket and lower in WEBSOCKET_OWN):
                 flow.change("request", "removed", name, value)
-            continue
-        if lower == "host" or lower.startswith("x-forwarded-"):
-            continue
-        if lower == "cookie" and SESSION_COOKIE in value:
+        elif lower.startswith("x-forwarded-") or lower == "forwarded":
+            if lower in received:
+                value = f"{received[lower][1]}, {value}"
+            received[lower] = (name, value)
+        elif lower == "cookie" and SESSION_COOKIE in value:
             kept = strip_session_cookie(value)
             if kept != value:
                 flow.change("request", "rewritten" if kept else "removed", name, value, kept)
             if kept:
                 out.add(name, kept)
-            continue
-        out.add(name, value)
+        elif lower != "host":
+            out.add(name, value)
 
-    upstream_host = f"{target.host}:{target.port}"
-    out["Host"] = upstream_host
-    flow.change("request", "rewritten", "Host", peer.host or None, upstream_host)
+    host = upstream_host(target)
+    out["Host"] = host
+    flow.change("request", "rewritten", "Host", peer.host or None, host)
 
-    chain = client.get("X-Forwarded-For") if peer.trusted else None
+    chain = received.get("x-forwarded-for", ("", ""))[1] if peer.trusted else ""
     forwarded = {
         "X-Forwarded-For": f"{chain}, {peer.address}" if chain else peer.address,
         "X-Forwarded-Host": peer.host,
         "X-Forwarded-Proto": peer.scheme,
         "X-Forwarded-Port": peer.port,
+        "X-Forwarded-Prefix": prefix,
     }
-    if prefix:
-        forwarded["X-Forwarded-Prefix"] = prefix
-    for name in FORWARDED:
-        old = client.get(name)
-        new = forwarded.get(name)
+    for name, new in forwarded.items():
+        old = received.pop(name.lower(), (name, None))[1]
         if new:
             out[name] = new
             if old != new:
                 flow.change("request", "rewritten" if old else "added", name, old, new)
         elif old is not None:
             flow.change("request", "removed", name, old)
+    for name, old in received.values():  # X-Forwarded-Server, Forwarded, ...: not kept
+        flow.change("request", "removed", name, old)
     return out
 
 
 def client_response_headers(
     upstream: CIMultiDictProxy[str],
     target: URL,
-    public_prefix: str,
-    public_origin: str,
+    peer: Peer,
+    session_id: str,
+    location_prefix: str,
     flow: ProxyFlow,
+    *,
+    set_cookie: bool = False,
 ) -> CIMultiDict[str]:
-    """The headers sent to the client: hop-by-hop removed, ``Location`` made public."""
+    """The headers sent to the client: hop-by-hop removed, ``Location`` made public, the session named.
+
+    With ``set_cookie`` the edge's cookie is added, so that root-absolute
+    requests from this page (``/@vite/client``, ``/src/...``) find the session.
+    """
     drop = HOP_BY_HOP | connection_listed(upstream)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
@@ -152,12 +179,18 @@ def client_response_headers(
             flow.change("response", "removed", name, value)
             continue
         if lower == "location":
-            public = public_location(value, target, public_prefix, public_origin)
+            public = public_location(value, target, location_prefix, f"{peer.scheme}://{peer.host}")
             if public != value:
                 flow.change("response", "rewritten", name, value, public)
             out.add(name, public)
             continue
         out.add(name, value)
+    out["X-Edge-Session"] = session_id
+    flow.change("response", "added", "X-Edge-Session", None, session_id)
+    if set_cookie:
+        secure = "; Secure" if peer.scheme == "https" else ""
+        out.add("Set-Cookie", f"{SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Lax{secure}")
+        flow.change("response", "added", "Set-Cookie", None, f"{SESSION_COOKIE}=…")
     return out
 
 
@@ -167,11 +200,13 @@ def public_location(location: str, target: URL, public_prefix: str, public_origi
     ``http://127.0.0.1:4321/x`` → ``<public origin><prefix>/x``; root-absolute
     ``/x`` → ``<prefix>/x``; relative and foreign locations are left alone.
     """
-    upstream_origin = f"http://{target.host}:{target.port}"
-    for origin in (upstream_origin, f"http://{target.host}"):
-        if location == origin or location.startswith(origin + "/") or location.startswith(origin + "?"):
-            rest = location[len(origin) :] or "/"
-            if rest.startswith("?"):
+    origins = [f"http://{upstream_host(target)}"]
+    if target.port == 80:
+        origins.append(f"http://{target.host_subcomponent}")
+    for origin in origins:
+        if location.startswith(origin) and location[len(origin) : len(origin) + 1] in ("", "/", "?", "#"):
+            rest = location[len(origin) :]
+            if not rest.startswith("/"):
                 rest = "/" + rest
             return public_origin + public_prefix + rest
     if public_prefix and location.startswith("/") and not location.startswith("//"):

@@ -10,6 +10,9 @@ from edge import __version__, keys
 from edge.routing import RouteState
 from edge.websocket import SOCKETS
 
+# Fields other parts add to /health (the preview supervisor: previews by state): name → callable.
+HEALTH_FIELDS = web.AppKey("health_fields", dict)
+
 
 async def health(request: web.Request) -> web.Response:
     app = request.app
@@ -23,6 +26,7 @@ async def health(request: web.Request) -> web.Response:
             "sessions": len(routes),
             "previewsRunning": sum(1 for r in routes if r.state is RouteState.READY and r.target is not None),
             "websockets": app[SOCKETS].count(),
+            **{name: field() for name, field in app.get(HEALTH_FIELDS, {}).items()},
         }
     )
 

@@ -11,15 +11,15 @@ from typing import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from edge import keys
 from edge.errors import error_response
 from edge.flow import ProxyFlow
-from edge.headers import Peer, client_response_headers, make_peer, upstream_request_headers
-from edge.hostpolicy import is_session_id, split_host
+from edge.headers import Peer, client_response_headers, make_peer, upstream_host, upstream_request_headers
+from edge.hostpolicy import is_session_id
 from edge.routing import (
-    SESSION_COOKIE,
     Match,
     MatchKind,
     Redirect,
@@ -31,36 +31,45 @@ from edge.routing import (
 )
 from edge.websocket import is_upgrade, relay_websocket
 
-EDGE_PATHS = ("/api/", "/_edge/")
-EDGE_EXACT = ("/api", "/health", "/metrics", "/_edge")
-# Hop-by-hop for this proxy: the edge itself already answered `Expect: 100-continue`.
-REQUEST_ONLY_DROP = ("Expect",)
+# The edge's own namespace: never routed to a session by the cookie.
+EDGE_ROUTES = ("/api/", "/_edge/")
+EDGE_EXACT = ("/api", "/health", "/metrics", "/_edge", "/session")
+RESERVED = (*EDGE_ROUTES, "/session/")
+
+
+def redirect(location: str) -> web.Response:
+    """A 307 with ``location`` byte-identical (aiohttp's HTTPTemporaryRedirect re-encodes it)."""
+    return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
 
 
 def find_session(request: web.Request) -> Match | Redirect | None:
-    """Which session a request belongs to (host, then prefix, then cookie)."""
-    host = split_host(request.headers.get("Host", "")) or ""
-    session = request.app[keys.HOSTS].session_for_host(host)
-    if session is not None:
-        return Match(session, MatchKind.HOST, request.raw_path, "")
-    found = match_prefix(request.raw_path)
+    """Which session a path-routed request belongs to: the prefix, else the edge's cookie.
+
+    (Host mode is decided earlier, by the ``host_policy`` middleware.)
+    """
+    raw_path = request.raw_path
+    found = match_prefix(raw_path)
     if found is not None:
         return found
-    session = cookie_session(request.headers.get("Cookie"))
+    path = raw_path.partition("?")[0]
+    if path in EDGE_EXACT or path.startswith(RESERVED):
+        return None
+    headers = request.headers
+    session = cookie_session(headers.get("Cookie"))
     if session is None or not is_session_id(session):
         return None
-    if is_navigation(request.headers.get("Sec-Fetch-Mode"), request.headers.get("Sec-Fetch-Dest"), request.headers.get("Accept")) and not is_upgrade(request):
-        return Redirect(f"/session/{session}{request.raw_path}")
-    return Match(session, MatchKind.COOKIE, request.raw_path, "")
+    if is_navigation(headers.get("Sec-Fetch-Mode"), headers.get("Accept")) and not is_upgrade(request):
+        return Redirect(f"/session/{session}{raw_path}")
+    return Match(session, MatchKind.COOKIE, raw_path, "")
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """Catch-all handler: every request that is not one of the edge's own routes."""
     found = find_session(request)
     if isinstance(found, Redirect):
-        raise web.HTTPTemporaryRedirect(found.location)
+        return redirect(found.location)
     if found is None:
-        if request.path in EDGE_EXACT or request.path.startswith(EDGE_PATHS):
+        if request.path in EDGE_EXACT or request.path.startswith(EDGE_ROUTES):
             return error_response(request, 404, f"No such edge route: {request.method} {request.path}")
         return error_response(
             request,
@@ -68,8 +77,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
             "This address belongs to no preview session.",
             "Open a preview at /session/<sessionId>/ (Hermes' reply links to it).",
         )
-    if not is_session_id(found.session_id):
-        return error_response(request, 404, "Unknown preview session.")
+    return await proxy_session(request, found)
+
+
+async def handle_host(request: web.Request, session_id: str) -> web.StreamResponse:
+    """A request whose ``Host`` names the session: the path goes upstream unchanged."""
+    return await proxy_session(request, Match(session_id, MatchKind.HOST, request.raw_path, ""))
+
+
+async def proxy_session(request: web.Request, found: Match) -> web.StreamResponse:
+    """Forward a request that belongs to a session (HTTP or WebSocket) and log its flow."""
     table = request.app[keys.SESSIONS]
     route = await table.lookup(found.session_id)
     if route is None:
@@ -127,11 +144,6 @@ def _unavailable(request: web.Request, route: Route) -> web.StreamResponse | Non
     return None
 
 
-def public_prefix(found: Match) -> str:
-    """The prefix stripped from this request (``X-Forwarded-Prefix``); '' in host and cookie mode."""
-    return found.prefix
-
-
 def location_prefix(found: Match) -> str:
     """Where redirects should land: under the session prefix unless the host names the session."""
     return "" if found.kind is MatchKind.HOST else f"/session/{found.session_id}"
@@ -140,45 +152,17 @@ def location_prefix(found: Match) -> str:
 async def forward_http(request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow) -> web.StreamResponse:
     """Forward one HTTP exchange, streaming both bodies."""
     assert route.target is not None
-    settings = request.app[keys.SETTINGS]
-    client = request.app[keys.CLIENT]
-    prefix = public_prefix(found)
-    headers = upstream_request_headers(request.headers, route.target, peer, prefix, flow)
-    for name in REQUEST_ONLY_DROP:
-        if name in headers:
-            flow.change("request", "removed", name, headers.pop(name))
-    url = URL(str(route.target).rstrip("/") + found.upstream_path, encoded=True)
-    flow.upstream_url = str(url)
+    headers = upstream_request_headers(request.headers, route.target, peer, found.prefix, flow)
+    flow.upstream_url = f"http://{upstream_host(route.target)}{found.upstream_path}"
     flow.upstream_headers = headers
-    loop = asyncio.get_running_loop()
-    has_body = request.body_exists
-    deadline = None if has_body else loop.time() + settings.first_byte_timeout
-
     try:
-        async with asyncio.timeout(deadline) as first_byte:
-
-            async def body() -> AsyncIterator[bytes]:
-                async for chunk in request.content.iter_any():
-                    flow.bytes_in += len(chunk)
-                    yield chunk
-                # The first-byte clock starts once the whole request is sent.
-                first_byte.reschedule(loop.time() + settings.first_byte_timeout)
-
-            upstream = await client.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body() if has_body else None,
-                allow_redirects=False,
-                auto_decompress=False,
-                compress=None,
-                chunked=None,
-            )
+        # encoded=True: the raw path and query go upstream byte-identical, never re-quoted.
+        upstream = await _send(request, URL(flow.upstream_url, encoded=True), headers, flow)
     except TimeoutError:
         flow.error = "upstream timeout"
         flow.status = 504
         return error_response(request, 504, "The preview did not answer in time.", "Try again; if it persists, restart the preview.")
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+    except (aiohttp.ClientError, OSError) as exc:
         flow.error = f"upstream unreachable: {type(exc).__name__}"
         flow.status = 502
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")
@@ -187,13 +171,11 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         flow.status = upstream.status
         flow.reason = upstream.reason or ""
         flow.upstream_response_headers = upstream.headers
-        origin = f"{peer.scheme}://{peer.host}"
-        out_headers = client_response_headers(upstream.headers, route.target, location_prefix(found), origin, flow)
-        out_headers["X-Edge-Session"] = found.session_id
+        set_cookie = found.kind is MatchKind.PREFIX and cookie_session(request.headers.get("Cookie")) != found.session_id
+        out_headers = client_response_headers(
+            upstream.headers, route.target, peer, found.session_id, location_prefix(found), flow, set_cookie=set_cookie
+        )
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
-        if found.kind is MatchKind.PREFIX and cookie_session(request.headers.get("Cookie")) != found.session_id:
-            response.set_cookie(SESSION_COOKIE, found.session_id, path="/", httponly=True, samesite="Lax")
-            flow.change("response", "added", "Set-Cookie", None, f"{SESSION_COOKIE}=…")
         flow.response_headers = response.headers
         await response.prepare(request)
         if request.method != "HEAD" and upstream.status not in (204, 304):
@@ -201,11 +183,43 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
                     flow.bytes_out += len(chunk)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                # Headers are gone already: the only honest signal left is to cut the connection.
-                flow.error = f"upstream broke mid-body: {type(exc).__name__}"
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
+                # The status line is sent already: the only honest signal left is to cut the connection.
+                flow.error = f"stream broke mid-body: {type(exc).__name__}"
                 if request.transport is not None:
                     request.transport.close()
                 return response
         await response.write_eof()
         return response
+
+
+async def _send(request: web.Request, url: URL, headers: CIMultiDict[str], flow: ProxyFlow) -> aiohttp.ClientResponse:
+    """Send the request upstream and wait for its response head.
+
+    The first-byte clock (EDGE_FIRST_BYTE_TIMEOUT) runs from the end of the
+    request body, so a slow upload is not cut; once the head has arrived
+    nothing times out, so long streams (SSE, downloads) live as long as they flow.
+    """
+    client = request.app[keys.CLIENT]
+    timeout = request.app[keys.SETTINGS].first_byte_timeout
+    if not request.body_exists:
+        async with asyncio.timeout(timeout):
+            return await client.request(request.method, url, headers=headers, allow_redirects=False, auto_decompress=False)
+
+    loop = asyncio.get_running_loop()
+    waiting = True
+    async with asyncio.timeout(None) as clock:
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in request.content.iter_any():
+                flow.bytes_in += len(chunk)
+                yield chunk
+            if waiting:  # the upstream may answer before it has read the whole body
+                clock.reschedule(loop.time() + timeout)
+
+        try:
+            return await client.request(
+                request.method, url, headers=headers, data=body(), allow_redirects=False, auto_decompress=False
+            )
+        finally:
+            waiting = False

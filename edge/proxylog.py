@@ -1,7 +1,10 @@
 """The proxy log: one JSON line per proxied request or WebSocket session.
 
 Addons receive each finished :class:`~edge.flow.ProxyFlow` through their
-``flow_done`` hook, as mitmproxy's addons receive their flows.
+``flow_done`` hook, as mitmproxy's addons receive their flows. This module is
+also the one place with the redaction rule: every addon that writes a flow
+anywhere (stdout, memory, a flow file) passes headers and URLs through
+:func:`redact_header` and :func:`redact_query`.
 """
 
 from __future__ import annotations
@@ -11,25 +14,75 @@ import logging
 import re
 import sys
 from collections import deque
-from typing import IO, Protocol
+from typing import IO, Iterable, Protocol
 
 from edge.flow import ProxyFlow
 
 log = logging.getLogger("edge.proxy")
 
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access_token|api_key|key|password|secret)=)[^&#]*")
+REDACTED = "[redacted]"
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token", "x-amz-security-token"}
+)
+# Headers that carry a URL, whose query may hold a token (a redirect to ``/?token=...``).
+URL_HEADERS = frozenset({"location", "content-location", "referer"})
+_QUERY_PARAM = re.compile(r"([?&][^=&#]*=)([^&#]*)")
+# Query names that look like credentials: Vite's ``token``, ``access_token``, ``api_key``,
+# ``X-Amz-Signature``, ``client_secret``, ``password``, OAuth's ``code``, ``sig``...
+_SECRET_NAME = re.compile(
+    r"(?i)token|secret|pass|pwd|auth|key|signature|credential|jwt|(?:^|[-_.?&])(?:sig|code)(?:$|[-_.=])"
+)
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    name, value = match.group(1), match.group(2)
+    return name + REDACTED if value and _SECRET_NAME.search(name) else match.group(0)
+
+
+def redact_query(url: str) -> str:
+    """Hide secret-looking query values (Vite's ``?token=`` among them) in a path or URL."""
+    if "?" not in url:
+        return url
+    return _QUERY_PARAM.sub(_redact_param, url)
+
+
+def _redact_cookie_pairs(value: str) -> str:
+    parts = []
+    for part in value.split(";"):
+        name, sep, _ = part.strip().partition("=")
+        parts.append(f"{name}={REDACTED}" if sep else REDACTED)
+    return "; ".join(parts)
 
 
 def redact_header(name: str, value: str | None) -> str | None:
-    if value is None or name.lower() not in SECRET_HEADERS:
+    """A header value fit for a log: credentials and cookie values hidden, names and schemes kept.
+
+    ``Authorization: Bearer x`` → ``Bearer [redacted]``; ``Cookie: a=1; b=2`` →
+    ``a=[redacted]; b=[redacted]``; ``Set-Cookie`` keeps its attributes; URL
+    headers (``Location``, ``Referer``) go through :func:`redact_query`.
+    """
+    if value is None:
+        return None
+    lower = name.lower()
+    if lower in URL_HEADERS:
+        return redact_query(value)
+    if lower not in SECRET_HEADERS:
         return value
-    return "[redacted]"
+    if lower == "cookie":
+        return _redact_cookie_pairs(value)
+    if lower == "set-cookie":
+        pair, sep, attributes = value.partition(";")
+        return _redact_cookie_pairs(pair) + (sep + attributes if sep else "")
+    if lower in ("authorization", "proxy-authorization"):
+        scheme, sep, _ = value.strip().partition(" ")
+        if sep and scheme.isalpha():
+            return f"{scheme} {REDACTED}"
+    return REDACTED
 
 
-def redact_query(raw_path: str) -> str:
-    """Hide secret-looking query values (Vite's ``?token=`` among them)."""
-    return _SECRET_QUERY.sub(r"\1[redacted]", raw_path)
+def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every header of a message, redacted (for the flow file, which keeps whole headers)."""
+    return [(name, redact_header(name, value) or "") for name, value in headers]
 
 
 class Addon(Protocol):
@@ -96,6 +149,19 @@ class Recent:
     def flow_done(self, flow: ProxyFlow) -> None:
         self.records.append(flow_record(flow))
 
+    def for_session(self, session_id: str, limit: int = 100) -> list[dict]:
+        """The last ``limit`` records of one session, oldest first."""
+        found: list[dict] = []
+        if limit <= 0:
+            return found
+        for record in reversed(self.records):
+            if record["session"] == session_id:
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        found.reverse()
+        return found
+
     def close(self) -> None:
         pass
 
@@ -116,4 +182,7 @@ class ProxyLog:
 
     def close(self) -> None:
         for addon in self.addons:
-            addon.close()
+            try:
+                addon.close()
+            except Exception:  # one addon failing to close must not keep the others open
+                log.exception("proxy log addon %r failed to close", addon)

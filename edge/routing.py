@@ -31,24 +31,26 @@ class RouteError(ValueError):
 
 
 def parse_target(
-    target: str,
+    target: object,
     networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
 ) -> URL:
     """Validate an upstream target such as ``http://127.0.0.1:4400``.
 
     Only plain ``http`` origins whose host is an IP literal inside one of the
     allowed networks are accepted: a name could resolve anywhere, so the
-    routes API could otherwise be used to reach arbitrary hosts.
+    routes API could otherwise be used to reach arbitrary hosts. Messages never
+    repeat the target, which might carry credentials.
     """
     if not isinstance(target, str) or not target:
         raise RouteError("target must be a URL string such as http://127.0.0.1:4400")
     try:
         url = URL(target)
+        port = url.explicit_port
     except ValueError:
-        raise RouteError(f"target {target!r} is not a URL") from None
-    if url.scheme != "http" or not url.host or url.user or url.password:
+        raise RouteError("target is not a valid URL") from None
+    if url.scheme != "http" or not url.host or "@" in (url.raw_authority or ""):
         raise RouteError("target must be an http:// origin without credentials")
-    if url.path not in ("", "/") or url.query_string or url.fragment:
+    if url.path not in ("", "/") or "?" in target or "#" in target:
         raise RouteError("target must be an origin (no path, query or fragment)")
     try:
         address = ipaddress.ip_address(url.host)
@@ -56,9 +58,9 @@ def parse_target(
         raise RouteError("target host must be an IP address (names are not resolved)") from None
     if not any(address in net for net in networks):
         raise RouteError(f"target {address} is outside EDGE_UPSTREAM_NETWORKS")
-    if url.explicit_port is None:
+    if not port:
         raise RouteError("target must name a port")
-    return URL.build(scheme="http", host=url.host, port=url.port)
+    return URL.build(scheme="http", host=url.host, port=port)
 
 
 class RouteState(str, Enum):
@@ -190,16 +192,20 @@ def iter_cookies(cookie_header: str | None) -> Iterable[tuple[str, str]]:
 
 
 def strip_session_cookie(cookie_header: str) -> str | None:
-    """Remove the edge's cookie; every other cookie passes byte-identical."""
-    kept = [piece for piece in cookie_header.split(";") if piece.strip().partition("=")[0].strip() != SESSION_COOKIE]
-    if not kept:
-        return None
-    joined = ";".join(kept)
-    return joined.strip() if len(kept) != len(cookie_header.split(";")) else cookie_header
+    """Remove the edge's cookie; every other cookie passes byte-identical (None if none is left)."""
+    pieces = cookie_header.split(";")
+    kept = [piece for piece in pieces if piece.strip().partition("=")[0].strip() != SESSION_COOKIE]
+    if len(kept) == len(pieces):
+        return cookie_header
+    return ";".join(kept).strip() or None
 
 
-def is_navigation(sec_fetch_mode: str | None, sec_fetch_dest: str | None, accept: str | None) -> bool:
-    """Whether a request is a top-level page load (so a redirect keeps the URL shareable)."""
+def is_navigation(sec_fetch_mode: str | None, accept: str | None) -> bool:
+    """Whether a request loads a page (top level or in a frame), so a redirect is safe.
+
+    Browsers say so with ``Sec-Fetch-Mode: navigate``; clients that send no
+    Sec-Fetch headers are judged by an HTML ``Accept``.
+    """
     if sec_fetch_mode is not None:
-        return sec_fetch_mode == "navigate" and (sec_fetch_dest or "document") == "document"
+        return sec_fetch_mode == "navigate"
     return "text/html" in (accept or "")

@@ -22,6 +22,15 @@ DEFAULT_PUBLIC_HOSTS = (
 )
 
 
+# Variables a child process (Astro dev server, npm) may inherit: locale, home,
+# paths and network plumbing (proxy, CA bundle) for npm. Nothing secret.
+CHILD_ENV_ALLOWLIST = (
+    "PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR",
+    "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+)
+
+
 class SettingsError(ValueError):
     """A variable has a value the edge cannot use; the message names it."""
 
@@ -87,6 +96,7 @@ class Settings:
     connect_timeout: float = 5.0
     first_byte_timeout: float = 60.0
     header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
     max_connections: int = 1000
     flow_log: Path | None = None
     api_token: str | None = field(default=None, repr=False)
@@ -103,6 +113,9 @@ class Settings:
     git_allow_local: bool = False
     git_protected_branches: tuple[str, ...] = ("main", "master", "production")
     git_auto_push: bool = False
+    git_user_name: str = "webordinary edge"
+    git_user_email: str = "edge@webordinary.com"
+    git_ssl_ca_info: Path | None = None
 
     # Previews
     astro_port: int = 4321
@@ -110,6 +123,10 @@ class Settings:
     astro_start_timeout: float = 30.0
     preview_idle_minutes: float = 10.0
     max_previews: int = 4
+    npm_cache_dir: Path | None = None  # None: WORKSPACE_PATH/.npm-cache
+    # The only variables dev servers and npm inherit from the edge's environment
+    # (an allowlist: never tokens or cloud credentials).
+    child_env: tuple[tuple[str, str], ...] = ()
 
     # Operations
     auto_shutdown_minutes: float = 20.0
@@ -131,6 +148,7 @@ class Settings:
             connect_timeout=_number(env, "EDGE_CONNECT_TIMEOUT", cls.connect_timeout),
             first_byte_timeout=_number(env, "EDGE_FIRST_BYTE_TIMEOUT", cls.first_byte_timeout),
             header_timeout=_number(env, "EDGE_HEADER_TIMEOUT", cls.header_timeout),
+            keepalive_timeout=_number(env, "EDGE_KEEPALIVE_TIMEOUT", cls.keepalive_timeout),
             max_connections=int(_number(env, "EDGE_MAX_CONNECTIONS", cls.max_connections, int)),
             flow_log=Path(flow_log) if flow_log else None,
             api_token=env.get("EDGE_API_TOKEN") or None,
@@ -145,11 +163,16 @@ class Settings:
             git_allow_local=_bool(env, "GIT_ALLOW_LOCAL", False),
             git_protected_branches=_split(env.get("GIT_PROTECTED_BRANCHES") or "main,master,production"),
             git_auto_push=_bool(env, "GIT_AUTO_PUSH", False),
+            git_user_name=env.get("GIT_USER_NAME") or cls.git_user_name,
+            git_user_email=env.get("GIT_USER_EMAIL") or cls.git_user_email,
+            git_ssl_ca_info=Path(env["GIT_SSL_CAINFO"]) if env.get("GIT_SSL_CAINFO") else None,
             astro_port=int(_number(env, "ASTRO_PORT", cls.astro_port, int)),
             node_binary=env.get("NODE_BINARY") or cls.node_binary,
             astro_start_timeout=_number(env, "ASTRO_START_TIMEOUT", cls.astro_start_timeout),
             preview_idle_minutes=_number(env, "PREVIEW_IDLE_MINUTES", cls.preview_idle_minutes),
             max_previews=int(_number(env, "MAX_PREVIEWS", cls.max_previews, int)),
+            npm_cache_dir=Path(env["NPM_CACHE_DIR"]) if env.get("NPM_CACHE_DIR") else None,
+            child_env=tuple((name, env[name]) for name in CHILD_ENV_ALLOWLIST if env.get(name)),
             auto_shutdown_minutes=_number(env, "AUTO_SHUTDOWN_MINUTES", cls.auto_shutdown_minutes),
             dynamodb_table=env.get("DYNAMODB_TABLE") or None,
         )

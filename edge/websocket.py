@@ -1,15 +1,22 @@
 """The WebSocket relay that carries Vite's HMR socket through the edge.
 
 The upstream is connected first, so the browser is accepted with the
-subprotocol the upstream chose (``vite-hmr``, ``vite-ping``) and a dead
-upstream is answered with an HTTP status instead of an accepted-then-closed
-socket. Frames, pings and close codes pass both ways; no message size cap.
+subprotocol the upstream chose (``vite-hmr``, ``vite-ping``) and a dead or
+refusing upstream is answered with an HTTP status instead of an
+accepted-then-closed socket. Then two pumps copy frames (text, binary, ping,
+pong) as they are; text is never decoded. Close codes pass both ways.
+
+Closing is done in one place, :meth:`Relay.run`, never by the pumps:
+the upstream side first, the browser last, because closing the browser's
+connection cancels the handler (``handler_cancellation``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -18,11 +25,19 @@ from yarl import URL
 from edge import keys
 from edge.errors import error_response
 from edge.flow import ProxyFlow
-from edge.headers import Peer, upstream_request_headers
-from edge.routing import Match, Route
+from edge.headers import Peer, upstream_host, upstream_request_headers
+from edge.routing import Match, Route, SessionTable
 
+# The largest message a browser may send: what Vite's own server (the `ws`
+# library's maxPayload) accepts. Upstream messages are not capped.
+MAX_BROWSER_MESSAGE = 100 * 1024**2
+# How long a close handshake waits for the other end's close frame.
+CLOSE_TIMEOUT = 5.0
 UPSTREAM_LOST = WSCloseCode.INTERNAL_ERROR  # 1011: the upstream vanished without a close frame
 _UNSENDABLE = {1004, 1005, 1006, 1015}
+
+BROWSER, UPSTREAM, EDGE = "browser", "upstream", "edge"
+Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
 def is_upgrade(request: web.BaseRequest) -> bool:
@@ -37,32 +52,176 @@ def sendable_code(code: int | None) -> int:
     return code
 
 
+@dataclass(frozen=True, slots=True)
+class End:
+    """Why a relay ends: who ended it, and the close frame it sent (``code`` None: it vanished)."""
+
+    side: str  # BROWSER, UPSTREAM or EDGE (session removed, edge stopping)
+    code: int | None = None
+    reason: str = ""
+    await_reply: bool = True  # wait for the browser's close frame before closing its connection
+
+
+class Relay:
+    """One browser socket joined to one upstream socket."""
+
+    def __init__(
+        self,
+        browser: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse,
+        flow: ProxyFlow,
+        table: SessionTable,
+        session_id: str,
+    ) -> None:
+        self.browser = browser
+        self.upstream = upstream
+        self.flow = flow
+        self._table = table
+        self._session_id = session_id
+        self._stopped: asyncio.Future[End] = asyncio.get_running_loop().create_future()
+
+    def stop(self, code: int = WSCloseCode.GOING_AWAY, reason: str = "", *, await_reply: bool = True) -> None:
+        """Ask the relay to close both sides with ``code`` (it closes from its own task)."""
+        if not self._stopped.done():
+            self._stopped.set_result(End(EDGE, code, reason, await_reply))
+
+    async def run(self) -> None:
+        """Relay until either side closes or :meth:`stop` is called, then close both sides."""
+        pumps = (
+            asyncio.create_task(self._pump(self.browser, self.upstream, BROWSER)),
+            asyncio.create_task(self._pump(self.upstream, self.browser, UPSTREAM)),
+        )
+        try:
+            try:
+                await asyncio.wait((*pumps, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # The browser's connection dropped (or the server stopped waiting):
+                # the upstream still gets a close frame.
+                self._record(End(BROWSER))
+                await self.upstream.close(code=WSCloseCode.GOING_AWAY)
+                raise
+            # A stop wins: the browser must see the edge's code even if the upstream is already dying.
+            end = next(f.result() for f in (self._stopped, *pumps) if f.done())
+            self._record(end)
+            # A close to the upstream also ends the pump reading it (aiohttp wakes its receive()).
+            await self._close_upstream(end)
+            await _cancel(pumps)
+            # Last: closing the browser's connection cancels this handler.
+            await self._close_browser(end)
+        finally:
+            await _cancel(pumps)
+
+    async def _pump(self, source: Socket, sink: Socket, side: str) -> End:
+        """Copy frames from ``source`` to ``sink`` until ``source`` ends (this is the hot path)."""
+        flow, touch, session_id = self.flow, self._table.touch, self._session_id
+        inbound = side == BROWSER
+        receive, send = source.receive, sink.send_frame
+        try:
+            while True:
+                msg = await receive()
+                kind = msg.type
+                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                    await send(msg.data, kind)
+                    if inbound:
+                        flow.messages_in += 1
+                        flow.bytes_in += len(msg.data)
+                    else:
+                        flow.messages_out += 1
+                        flow.bytes_out += len(msg.data)
+                elif kind is WSMsgType.PING or kind is WSMsgType.PONG:
+                    await send(msg.data, kind)
+                elif kind is WSMsgType.CLOSE:
+                    return End(side, msg.data, msg.extra or "")
+                else:  # CLOSED or ERROR: the peer went away without a close frame
+                    return End(side)
+                touch(session_id)
+        except (ConnectionError, aiohttp.ClientError):  # the sink went away mid-send
+            return End(UPSTREAM if inbound else BROWSER)
+
+    def _record(self, end: End) -> None:
+        if end.code is not None:
+            self.flow.close_code = sendable_code(end.code)
+        elif end.side == UPSTREAM:
+            self.flow.close_code = UPSTREAM_LOST
+            self.flow.error = "upstream went away without a close frame"
+        else:
+            self.flow.close_code = WSCloseCode.GOING_AWAY
+            self.flow.error = "browser went away without a close frame"
+
+    async def _close_upstream(self, end: End) -> None:
+        """Pass the close on to the upstream (or answer its close) and wait for its close frame."""
+        if end.side == UPSTREAM:
+            code, reason = sendable_code(end.code), ""  # the echo; a vanished upstream is closed already
+        elif end.code is None:
+            code, reason = WSCloseCode.GOING_AWAY, ""
+        else:
+            code, reason = sendable_code(end.code), end.reason
+        await self.upstream.close(code=code, message=reason.encode())
+
+    async def _close_browser(self, end: End) -> None:
+        """Pass the close on to the browser (or answer its close); a vanished browser is closed already."""
+        if end.side == BROWSER:
+            code, reason = sendable_code(end.code), ""
+        elif end.code is None:
+            code, reason = UPSTREAM_LOST, "upstream connection lost"
+        else:
+            code, reason = sendable_code(end.code), end.reason
+        if end.await_reply:
+            await self.browser.close(code=code, message=reason.encode())
+            return
+        # aiohttp's close() writes the close frame before it first waits, so a zero
+        # timeout sends the frame, gives up waiting for the answer and closes the connection.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0):
+                await self.browser.close(code=code, message=reason.encode())
+
+
+async def _cancel(tasks: tuple[asyncio.Task, ...]) -> None:
+    """Cancel the tasks still running and wait for them (without yielding when none is)."""
+    running = [task for task in tasks if not task.done()]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running)
+
+
 class SocketRegistry:
-    """Open relays per session, so removing a session (or stopping) closes them."""
+    """Open relays per session, so removing a session (or stopping the edge) closes them."""
 
     def __init__(self) -> None:
-        self._open: dict[str, set[web.WebSocketResponse]] = defaultdict(set)
+        self._open: dict[str, set[Relay]] = defaultdict(set)
+        self._closing: tuple[int, str] | None = None
 
-    def add(self, session_id: str, ws: web.WebSocketResponse) -> None:
-        self._open[session_id].add(ws)
+    def add(self, session_id: str, relay: Relay) -> None:
+        self._open[session_id].add(relay)
+        if self._closing is not None:  # a handshake that finished while the edge stops
+            relay.stop(*self._closing, await_reply=False)
 
-    def discard(self, session_id: str, ws: web.WebSocketResponse) -> None:
-        sockets = self._open.get(session_id)
-        if sockets is not None:
-            sockets.discard(ws)
-            if not sockets:
+    def discard(self, session_id: str, relay: Relay) -> None:
+        relays = self._open.get(session_id)
+        if relays is not None:
+            relays.discard(relay)
+            if not relays:
                 del self._open[session_id]
 
     def count(self) -> int:
-        return sum(len(s) for s in self._open.values())
+        return sum(len(relays) for relays in self._open.values())
 
-    async def close_session(self, session_id: str, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"preview stopped") -> None:
-        for ws in list(self._open.get(session_id, ())):
-            await ws.close(code=code, message=message)
+    async def close_session(self, session_id: str, code: int = WSCloseCode.GOING_AWAY, reason: str = "preview stopped") -> None:
+        """Ask a session's relays to close (browsers get ``code``); each closes from its own task."""
+        for relay in self._open.get(session_id, ()):
+            relay.stop(code, reason)
 
-    async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"edge shutting down") -> None:
-        for session_id in list(self._open):
-            await self.close_session(session_id, code, message)
+    async def close_all(self, code: int = WSCloseCode.GOING_AWAY, reason: str = "edge shutting down") -> None:
+        """Close every relay, and any that opens from now on, as the edge stops.
+
+        At shutdown aiohttp's server no longer reads its connections (``pre_shutdown``),
+        so the browsers' answers are not awaited; the server waits for the handlers.
+        """
+        self._closing = (code, reason)
+        for relays in self._open.values():
+            for relay in relays:
+                relay.stop(code, reason, await_reply=False)
 
 
 SOCKETS = web.AppKey("sockets", SocketRegistry)
@@ -71,122 +230,76 @@ SOCKETS = web.AppKey("sockets", SocketRegistry)
 async def relay_websocket(request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow) -> web.StreamResponse:
     """Connect upstream, accept the browser with the upstream's subprotocol, relay until either side closes."""
     assert route.target is not None
-    settings = request.app[keys.SETTINGS]
-    client = request.app[keys.CLIENT]
     flow.websocket = True
-    headers = upstream_request_headers(request.headers, route.target, peer, found.prefix, flow, websocket=True)
     protocols = tuple(
         p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in value.split(",") if p.strip()
     )
-    url = URL(str(route.target).rstrip("/") + found.upstream_path, encoded=True)
+    if not web.WebSocketResponse(protocols=protocols).can_prepare(request):
+        flow.status, flow.error = 400, "invalid WebSocket handshake"
+        return error_response(request, 400, "This is not a valid WebSocket handshake.")
+
+    upstream = await _connect_upstream(request, found, route, peer, flow, protocols)
+    if isinstance(upstream, web.Response):
+        return upstream
+
+    browser = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (),
+        autoping=False,
+        autoclose=False,
+        max_msg_size=MAX_BROWSER_MESSAGE,
+        compress=False,
+        decode_text=False,
+        timeout=CLOSE_TIMEOUT,
+    )
+    browser.headers["X-Edge-Session"] = found.session_id
+    flow.change("response", "added", "X-Edge-Session", None, found.session_id)
+    relay = Relay(browser, upstream, flow, request.app[keys.SESSIONS], found.session_id)
+    try:
+        await browser.prepare(request)
+    except BaseException:  # the browser left during its handshake
+        await upstream.close(code=WSCloseCode.GOING_AWAY)
+        raise
+    flow.status = 101
+    flow.response_headers = browser.headers
+    sockets = request.app[SOCKETS]
+    sockets.add(found.session_id, relay)
+    try:
+        await relay.run()
+    finally:
+        sockets.discard(found.session_id, relay)
+    return browser
+
+
+async def _connect_upstream(
+    request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow, protocols: tuple[str, ...]
+) -> aiohttp.ClientWebSocketResponse | web.Response:
+    """The upstream socket (offered all the browser's subprotocols), or the browser's error answer."""
+    assert route.target is not None
+    headers = upstream_request_headers(request.headers, route.target, peer, found.prefix, flow, websocket=True)
+    url = URL(f"http://{upstream_host(route.target)}{found.upstream_path}", encoded=True)
     flow.upstream_url = str(url)
     flow.upstream_headers = headers
     try:
-        async with asyncio.timeout(settings.first_byte_timeout):
-            upstream = await client.ws_connect(
+        async with asyncio.timeout(request.app[keys.SETTINGS].first_byte_timeout):
+            return await request.app[keys.CLIENT].ws_connect(
                 url,
                 method=request.method,
                 headers=headers,
                 protocols=protocols,
+                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
                 autoclose=False,
                 autoping=False,
                 max_msg_size=0,
                 compress=0,
+                decode_text=False,
             )
-    except TimeoutError:
-        flow.status, flow.error = 504, "upstream WebSocket handshake timed out"
-        return error_response(request, 504, "The preview did not answer the WebSocket handshake in time.")
     except aiohttp.WSServerHandshakeError as exc:
         status = exc.status if 400 <= exc.status < 600 else 502
         flow.status, flow.error = status, f"upstream refused the WebSocket: {exc.status}"
         return error_response(request, status, f"The preview refused the WebSocket ({exc.status}).")
-    except (aiohttp.ClientConnectionError, OSError) as exc:
+    except TimeoutError:
+        flow.status, flow.error = 504, "upstream WebSocket handshake timed out"
+        return error_response(request, 504, "The preview did not answer the WebSocket handshake in time.")
+    except (aiohttp.ClientError, OSError) as exc:
         flow.status, flow.error = 502, f"upstream unreachable: {type(exc).__name__}"
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")
-
-    sockets = request.app[SOCKETS]
-    async with upstream:
-        browser = web.WebSocketResponse(
-            protocols=(upstream.protocol,) if upstream.protocol else (),
-            autoping=False,
-            autoclose=False,
-            max_msg_size=0,
-            compress=False,
-            headers={"X-Edge-Session": found.session_id},
-        )
-        await browser.prepare(request)
-        flow.status = 101
-        flow.response_headers = browser.headers
-        sockets.add(found.session_id, browser)
-        try:
-            await _pump_both(request, browser, upstream, flow, found.session_id)
-        finally:
-            sockets.discard(found.session_id, browser)
-            if not upstream.closed:
-                await upstream.close()
-    return browser
-
-
-async def _pump_both(
-    request: web.Request,
-    browser: web.WebSocketResponse,
-    upstream: aiohttp.ClientWebSocketResponse,
-    flow: ProxyFlow,
-    session_id: str,
-) -> None:
-    table = request.app[keys.SESSIONS]
-    to_upstream = asyncio.create_task(_pump(browser, upstream, flow, "in", table.touch, session_id))
-    to_browser = asyncio.create_task(_pump(upstream, browser, flow, "out", table.touch, session_id))
-    try:
-        done, _ = await asyncio.wait({to_upstream, to_browser}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (to_upstream, to_browser):
-            task.cancel()
-        await asyncio.gather(to_upstream, to_browser, return_exceptions=True)
-    finished = done.pop()
-    try:
-        code = finished.result()
-    except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-        flow.error = f"relay failed: {type(exc).__name__}"
-        code = UPSTREAM_LOST
-    flow.close_code = code
-    # A clean close was passed on inside _pump; this handles peers that just vanished.
-    if not browser.closed:
-        await browser.close(code=code, message=b"upstream connection lost" if code == UPSTREAM_LOST else b"")
-    if not upstream.closed:
-        await upstream.close(code=code)
-
-
-async def _pump(source, sink, flow: ProxyFlow, direction: str, touch, session_id: str) -> int:
-    """Copy frames from ``source`` to ``sink``; return the close code to pass on."""
-    while True:
-        msg = await source.receive()
-        if msg.type is WSMsgType.TEXT:
-            await sink.send_str(msg.data)
-            _count(flow, direction, len(msg.data.encode()))
-        elif msg.type is WSMsgType.BINARY:
-            await sink.send_bytes(msg.data)
-            _count(flow, direction, len(msg.data))
-        elif msg.type is WSMsgType.PING:
-            await sink.ping(msg.data)
-        elif msg.type is WSMsgType.PONG:
-            await sink.pong(msg.data)
-        elif msg.type is WSMsgType.CLOSE:
-            code = sendable_code(msg.data)
-            if not sink.closed:
-                await sink.close(code=code, message=(msg.extra or "").encode()[:123])
-            if not source.closed:
-                await source.close(code=code)
-            return code
-        else:  # CLOSING, CLOSED, ERROR: the peer went away without a close frame
-            return UPSTREAM_LOST if direction == "out" else WSCloseCode.GOING_AWAY
-        touch(session_id)
-
-
-def _count(flow: ProxyFlow, direction: str, size: int) -> None:
-    if direction == "in":
-        flow.messages_in += 1
-        flow.bytes_in += size
-    else:
-        flow.messages_out += 1
-        flow.bytes_out += size

@@ -13,11 +13,11 @@ from typing import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from edge.app import create_app
 from edge.proxylog import ProxyLog
+from edge.server import start_edge
 from edge.settings import Settings
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.fixtures_rawhttp", "tests.fixtures_astro", "tests.fixtures_browser", "tests.fixtures_preview", "tests.fixtures_git"]
 
 
 def free_port() -> int:
@@ -78,10 +78,18 @@ async def serve() -> AsyncIterator[ServeFactory]:
 
 @pytest.fixture
 async def edge(settings: Settings, serve: ServeFactory) -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
-    """Start a real edge (as ``edge serve`` runs it) with settings overrides."""
+    """Start a real edge exactly as ``edge serve`` does (``start_edge``: all server limits), on a free port.
+
+    It depends on ``serve`` so that edges stop before the upstreams they proxy to.
+    """
+    started: list[RunningServer] = []
 
     async def start(proxy_log: ProxyLog | None = None, **overrides) -> RunningServer:
-        app = create_app(replace(settings, **overrides), proxy_log=proxy_log)
-        return await serve(app, handler_cancellation=True)
+        running = await start_edge(replace(settings, **{"port": 0, **overrides}), proxy_log=proxy_log)
+        server = RunningServer(running.runner, running.port)
+        started.append(server)
+        return server
 
     yield start
+    for server in reversed(started):
+        await server.runner.cleanup()

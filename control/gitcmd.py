@@ -1,0 +1,262 @@
+"""Running the service's own git: argument lists, a fixed environment, no secrets on disk.
+
+Every command gets the same protective configuration on its command line
+(``-c``, which git also hands to the git processes it starts itself):
+
+* ``core.hooksPath=/dev/null`` and ``core.fsmonitor=false``: the AI agent can
+  write files in the repository, so nothing it writes may run as our git.
+* ``safe.directory=*``: EFS files belong to another uid; no chown, ever.
+* ``credential.helper=`` (which empties the list from any config file), then,
+  only when GITHUB_TOKEN is set, an inline helper that prints the token from
+  the *child's environment* (``GIT_EDGE_TOKEN``) and only for hosts in
+  GIT_ALLOWED_HOSTS. The token is never in an argument, a URL or a file.
+
+The environment is the settings' child allowlist plus ``GIT_ALLOW_PROTOCOL``
+(https, and file with GIT_ALLOW_LOCAL=1), ``GIT_TERMINAL_PROMPT=0`` and an
+empty ``GIT_ASKPASS`` (so no ``core.askPass`` from a repository runs either).
+Output that reaches logs or clients goes through :meth:`GitRunner.scrub`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from git.cmd import Git
+from git.exc import UnsafeOptionError, UnsafeProtocolError
+from git.remote import Remote
+from git.repo.base import Repo
+
+from edge.settings import Settings
+
+log = logging.getLogger("edge.control.git")
+
+TOKEN_USERNAME = "x-access-token"
+MAX_STDERR = 64 * 1024
+
+# Runs in /bin/sh as ``<helper> get|store|erase``; answers only ``get``, only for
+# an allowed host (git passes ``host=name[:port]`` on stdin).
+CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || exit 0; host=; '
+    'while IFS= read -r line; do case "$line" in host=*) host="${line#host=}";; esac; done; '
+    'host="${host%:*}"; '
+    'case ",$GIT_EDGE_TOKEN_HOSTS," in *",$host,"*) '
+    f"printf 'username=%s\\npassword=%s\\n' '{TOKEN_USERNAME}' \"$GIT_EDGE_TOKEN\";; esac; }}; f"
+)
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_PROGRESS_SPLIT = re.compile(r"[\r\n]+")
+
+# GitPython's lists of options that run commands, checked on every network command.
+_UNSAFE_OPTIONS = {
+    "clone": Repo.unsafe_git_clone_options,
+    "fetch": Remote.unsafe_git_fetch_options,
+    "pull": Remote.unsafe_git_pull_options,
+    "push": Remote.unsafe_git_push_options,
+    "ls-remote": Remote.unsafe_git_fetch_options,
+}
+
+Progress = Callable[[str], None]
+PIPE_LINGER = 5.0  # seconds to wait for git's pipes to close once it has exited
+
+
+def _kill_group(pgid: int) -> None:
+    """Kill git and the helpers it started (each git runs in its own session)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass(frozen=True)
+class GitResult:
+    returncode: int
+    stdout: str
+    stderr: str  # already scrubbed
+
+
+class GitError(Exception):
+    """A git command that failed; ``stderr`` and ``stdout`` are already scrubbed of credentials."""
+
+    def __init__(self, command: str, returncode: int, stderr: str, stdout: str = "") -> None:
+        self.command = command
+        self.returncode = returncode
+        self.stderr = stderr
+        self.stdout = stdout
+        super().__init__(f"git {command} failed ({returncode}): {self.summary}")
+
+    @property
+    def summary(self) -> str:
+        """The last meaningful lines of git's message, for an API answer."""
+        lines = [ln.strip() for ln in _PROGRESS_SPLIT.split(self.stderr) if ln.strip()]
+        lines += [ln.strip() for ln in self.stdout.splitlines() if "rejected" in ln]  # push --porcelain
+        lines = [ln for ln in lines if not ln.startswith(("hint:", "remote: Counting", "remote: Compressing"))]
+        return " | ".join(lines[-4:]) or f"exit status {self.returncode}"
+
+    @property
+    def kind(self) -> str:
+        """auth, not_found, rejected, network or other: how the API answers it."""
+        text = self.stderr + "\n" + self.stdout
+        if re.search(
+            r"Authentication failed|could not read (Username|Password)|terminal prompts disabled"
+            r"|returned error: 40[13]|Invalid username or password",
+            text,
+        ):
+            return "auth"
+        if re.search(r"\[rejected\]|non-fast-forward|\(fetch first\)|stale info|Updates were rejected", text):
+            return "rejected"
+        if re.search(r"[Rr]epository not found|does not appear to be a git repository|returned error: 404", text):
+            return "not_found"
+        if re.search(r"Could not resolve host|Failed to connect|Connection refused|timed out|SSL|TLS|gnutls", text):
+            return "network"
+        return "other"
+
+
+class GitRunner:
+    """Runs ``git`` for the control API with the protective config and environment."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._token = settings.github_token
+        protocols = ["https"] + (["file"] if settings.git_allow_local else [])
+        env = dict(settings.child_env)
+        env.setdefault("PATH", os.defpath)
+        env.update(
+            GIT_ALLOW_PROTOCOL=":".join(protocols),
+            GIT_TERMINAL_PROMPT="0",
+            GIT_ASKPASS="",
+            GIT_EDITOR="true",
+            GIT_PAGER="cat",
+            LC_ALL="C",
+        )
+        config = [
+            "core.hooksPath=/dev/null",
+            "core.fsmonitor=false",
+            "safe.directory=*",
+            "credential.helper=",
+            "commit.gpgSign=false",
+            "gc.autoDetach=false",
+            "http.lowSpeedLimit=1",
+            "http.lowSpeedTime=300",
+            f"user.name={settings.git_user_name}",
+            f"user.email={settings.git_user_email}",
+        ]
+        if self._token:
+            env["GIT_EDGE_TOKEN"] = self._token
+            env["GIT_EDGE_TOKEN_HOSTS"] = ",".join(h.lower() for h in settings.git_allowed_hosts)
+            config.append(f"credential.helper={CREDENTIAL_HELPER}")
+        if settings.git_ssl_ca_info is not None:
+            config.append(f"http.sslCAInfo={settings.git_ssl_ca_info}")
+        self._env = env
+        self._prefix = [arg for item in config for arg in ("-c", item)]
+        secrets = [self._token] if self._token else []
+        if self._token:
+            basic = f"{TOKEN_USERNAME}:{self._token}".encode()
+            secrets += [base64.b64encode(basic).decode(), base64.b64encode(basic).decode().rstrip("=")]
+        self._secrets = [s for s in secrets if s]
+
+    @property
+    def has_token(self) -> bool:
+        return bool(self._token)
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the token (in any form git might print) or URL userinfo."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return _USERINFO.sub(r"\g<scheme>***@", text)
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        """The full command line (no secrets in it: the token is only in the environment)."""
+        return ["git", *self._prefix, *args]
+
+    async def run(
+        self,
+        args: Sequence[str],
+        cwd: Path,
+        *,
+        input: str | None = None,
+        check: bool = True,
+        progress: Progress | None = None,
+    ) -> GitResult:
+        """Run ``git args`` in ``cwd``; GitError when it fails and ``check`` is set.
+
+        ``progress`` receives each progress line git writes to stderr (scrubbed).
+        A cancelled caller kills the process; the workspace recovers on the next call.
+        """
+        args = list(args)
+        unsafe = _UNSAFE_OPTIONS.get(args[0]) if args else None
+        if unsafe is not None:
+            try:
+                Git.check_unsafe_options(options=args[1:], unsafe_options=unsafe)
+                for arg in args[1:]:
+                    Git.check_unsafe_protocols(arg)
+            except (UnsafeOptionError, UnsafeProtocolError) as exc:
+                raise GitError(args[0], -1, str(exc)) from None
+        log.debug("git %s (in %s)", " ".join(args[:6]), cwd)
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv(args),
+            cwd=str(cwd),
+            env=self._env,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        readers = asyncio.ensure_future(
+            asyncio.gather(
+                self._feed_and_read(proc, input),
+                self._read_stderr(proc.stderr, progress),  # type: ignore[arg-type]
+            )
+        )
+        try:
+            while not (await asyncio.wait({readers}, timeout=PIPE_LINGER))[0]:
+                if proc.returncode is not None:
+                    # git has exited but a child of it (git-remote-https, ...) still holds the pipes.
+                    _kill_group(proc.pid)
+            stdout, stderr = readers.result()
+            returncode = await proc.wait()
+        except BaseException:
+            _kill_group(proc.pid)
+            readers.cancel()
+            await proc.wait()
+            raise
+        result = GitResult(returncode, stdout.decode("utf-8", "replace"), self.scrub(stderr.decode("utf-8", "replace")))
+        if check and returncode != 0:
+            error = GitError(args[0], returncode, result.stderr, self.scrub(result.stdout))
+            log.warning("git %s failed (%d): %s", args[0], returncode, error.summary)
+            raise error
+        return result
+
+    @staticmethod
+    async def _feed_and_read(proc: asyncio.subprocess.Process, input: str | None) -> bytes:
+        if input is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(input.encode())
+            try:
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            proc.stdin.close()
+        assert proc.stdout is not None
+        return await proc.stdout.read()
+
+    async def _read_stderr(self, stream: asyncio.StreamReader, progress: Progress | None) -> bytes:
+        data = bytearray()
+        pending = ""
+        while chunk := await stream.read(4096):
+            data += chunk
+            if len(data) > MAX_STDERR:
+                del data[: len(data) - MAX_STDERR]
+            if progress is not None:
+                pending += chunk.decode("utf-8", "replace")
+                *lines, pending = _PROGRESS_SPLIT.split(pending)
+                for line in lines:
+                    if line.strip():
+                        progress(self.scrub(line.strip()))
+        return bytes(data)

@@ -1,0 +1,361 @@
+"""Git operations on a thread's worktree: status, commit, push, pull, fetch, branch.
+
+Each operation that changes the worktree holds the thread's lock; those that
+touch the shared clone or the network also take the user's lock (after the
+thread lock). Nothing here loses work: a conflicting pull is aborted and the
+worktree is left as it was, a push that would overwrite remote commits is
+refused unless forced (and then only with ``--force-with-lease``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from control.errors import ControlError
+from control.gitcmd import GitError
+from control.ids import check_branch
+from control.jsonfile import read_json_object, write_json_atomic
+from control.repourl import pull_request_url
+from control.sessions import session_id_for
+from control.workspaces import Workspaces, failure
+
+CHANGE_KINDS = ("modified", "added", "deleted", "untracked", "conflicted")
+
+
+async def status(ws: Workspaces, client_id: str, user_id: str, thread_id: str) -> dict:
+    """Branch, cleanliness, ahead/behind and changes by kind (no lock: read-only, no optional locks)."""
+    worktree = ws.thread_path(client_id, user_id, thread_id)
+    if not (worktree / ".git").is_file():
+        raise ws.not_ready(client_id, user_id, thread_id)
+    return await _status(ws, client_id, user_id, worktree)
+
+
+async def _status(ws: Workspaces, client_id: str, user_id: str, worktree: Path) -> dict:
+    result = await ws.git.run(
+        ["--no-optional-locks", "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all"], cwd=worktree
+    )
+    info, changes = parse_status(result.stdout)
+    branch = info.get("branch.head")
+    branch = None if branch in (None, "(detached)") else branch
+    head = info.get("branch.oid")
+    upstream = info.get("branch.upstream")
+    compared = upstream
+    ahead = behind = 0
+    if "branch.ab" in info:
+        a, b = info["branch.ab"].split()
+        ahead, behind = int(a.lstrip("+")), int(b.lstrip("-"))
+    elif head and head != "(initial)":
+        compare = await _comparison_ref(ws, client_id, user_id, worktree, branch)
+        if compare is not None:
+            counts = await ws.git.run(["rev-list", "--left-right", "--count", f"HEAD...{compare}"], cwd=worktree)
+            ahead, behind = (int(n) for n in counts.stdout.split())
+            compared = compare.removeprefix("refs/remotes/")
+    clean = not any(changes.values())
+    protected = branch in ws.settings.git_protected_branches
+    return {
+        "branch": branch,
+        "head": head if head != "(initial)" else None,
+        "clean": clean,
+        "ahead": ahead,
+        "behind": behind,
+        "upstream": upstream,  # the configured upstream (set by the first push)
+        "comparedTo": compared,  # what ahead/behind count against: the upstream, else origin/<branch or default>
+        "changes": changes,
+        "protected": protected,
+        "canPush": branch is not None and not protected and ahead > 0,
+    }
+
+
+async def _comparison_ref(
+    ws: Workspaces, client_id: str, user_id: str, worktree: Path, branch: str | None
+) -> str | None:
+    """origin/<branch> if the remote has it, else origin/<default branch> (what the thread started from)."""
+    if branch and await ws.ref_exists(worktree, f"refs/remotes/origin/{branch}"):
+        return f"refs/remotes/origin/{branch}"
+    metadata = read_json_object(ws.metadata_path(client_id, user_id)) or {}
+    default = ws.settings.git_default_branch or metadata.get("defaultBranch")
+    if isinstance(default, str) and await ws.ref_exists(worktree, f"refs/remotes/origin/{default}"):
+        return f"refs/remotes/origin/{default}"
+    return None
+
+
+def parse_status(output: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """``git status --porcelain=v2 --branch -z`` → (branch headers, paths by kind of change)."""
+    info: dict[str, str] = {}
+    changes: dict[str, list[str]] = {kind: [] for kind in CHANGE_KINDS}
+    fields = output.split("\0")
+    i = 0
+    while i < len(fields):
+        entry = fields[i]
+        i += 1
+        if not entry:
+            continue
+        tag = entry[0]
+        if tag == "#":
+            key, _, value = entry[2:].partition(" ")
+            info[key] = value
+        elif tag == "?":
+            changes["untracked"].append(entry[2:])
+        elif tag == "u":
+            changes["conflicted"].append(entry.split(" ", 10)[10])
+        elif tag == "1":
+            xy, path = entry.split(" ", 8)[1], entry.split(" ", 8)[8]
+            changes[_kind(xy)].append(path)
+        elif tag == "2":
+            parts = entry.split(" ", 9)
+            original = fields[i]
+            i += 1
+            changes["added"].append(parts[9])
+            if parts[1][0] == "R":
+                changes["deleted"].append(original)
+    return info, changes
+
+
+def _kind(xy: str) -> str:
+    if xy[0] == "A":
+        return "added"
+    if "D" in xy:
+        return "deleted"
+    return "modified"
+
+
+async def commit(ws: Workspaces, client_id: str, user_id: str, thread_id: str, message: str) -> dict:
+    """Commit every change in the worktree with a ``Thread-ID`` trailer (then push if GIT_AUTO_PUSH)."""
+    async with ws.thread_lock(client_id, user_id, thread_id):
+        worktree = await ws.open_thread(client_id, user_id, thread_id)
+        try:
+            await ws.git.run(["add", "--all"], cwd=worktree)
+            staged = await ws.git.run(["diff", "--cached", "--name-only", "--no-ext-diff", "-z"], cwd=worktree)
+            files = [name for name in staged.stdout.split("\0") if name]
+            branch = await ws.current_branch(worktree)
+            if not files:
+                head = await _head(ws, worktree)
+                return {
+                    "committed": False,
+                    "message": "nothing to commit, working tree clean",
+                    "branch": branch,
+                    "commit": head,
+                }
+            # The message goes in on stdin: never a shell, never an option.
+            await ws.git.run(
+                ["commit", "--quiet", "--no-verify", "--file=-", f"--trailer=Thread-ID: {thread_id}"],
+                cwd=worktree,
+                input=message,
+            )
+        except GitError as exc:
+            raise failure(exc, "commit") from None
+        result = {
+            "committed": True,
+            "commit": await _head(ws, worktree),
+            "branch": branch,
+            "filesChanged": len(files),
+            "files": files,
+            "message": message,
+        }
+        if ws.settings.git_auto_push:
+            try:
+                result.update(await _push(ws, client_id, user_id, worktree, force=False))
+            except ControlError as exc:
+                result.update(pushed=False, pushError=exc.message)
+        return result
+
+
+async def push(ws: Workspaces, client_id: str, user_id: str, thread_id: str, force: bool) -> dict:
+    """Push the thread's branch (with upstream); protected branches are refused."""
+    async with ws.thread_lock(client_id, user_id, thread_id):
+        worktree = await ws.open_thread(client_id, user_id, thread_id)
+        return await _push(ws, client_id, user_id, worktree, force=force)
+
+
+async def _push(ws: Workspaces, client_id: str, user_id: str, worktree: Path, *, force: bool) -> dict:
+    branch = await ws.current_branch(worktree)
+    if branch is None:
+        raise ControlError(409, "the worktree is on a detached HEAD; switch to a branch before pushing")
+    if branch in ws.settings.git_protected_branches:
+        raise ControlError(
+            403, f"pushing to the protected branch {branch!r} is not allowed", hint="see GIT_PROTECTED_BRANCHES"
+        )
+    refspec = f"refs/heads/{branch}:refs/heads/{branch}"
+    async with ws.user_lock(client_id, user_id):
+        ws.clear_shared_locks(client_id, user_id)
+        origin = await ws.checked_origin(client_id, user_id)
+        args = ["push", "--porcelain", "--set-upstream", *(["--force-with-lease"] if force else []), "origin", refspec]
+        try:
+            result = await ws.git.run(args, cwd=worktree)
+        except GitError as exc:
+            if "protected branch" in exc.stderr + exc.stdout:
+                raise ControlError(
+                    403, f"the remote refused {branch!r} (a protected branch)", details=exc.summary
+                ) from None
+            if exc.kind == "rejected":
+                raise ControlError(
+                    409,
+                    f"the push of {branch!r} was rejected: the remote branch has commits this thread does not have",
+                    hint="pull first (POST /api/git/pull/...), or fetch and push with force: true (--force-with-lease)",
+                    details=exc.summary,
+                ) from None
+            raise failure(exc, "push") from None
+    flags = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
+    return {
+        "pushed": True,
+        "branch": branch,
+        "remote": "origin",
+        "forced": force,
+        "upToDate": bool(flags) and all(flag == "=" for flag in flags),
+        "pullRequestUrl": pull_request_url(origin, branch),
+    }
+
+
+async def pull(ws: Workspaces, client_id: str, user_id: str, thread_id: str, branch: str | None) -> dict:
+    """Merge ``origin/<branch>`` (default: the thread's own branch) into the worktree.
+
+    Needs no uncommitted changes to tracked files, so an aborted merge restores
+    exactly the state before it; a conflict is aborted and answered with 409.
+    """
+    async with ws.thread_lock(client_id, user_id, thread_id):
+        worktree = await ws.open_thread(client_id, user_id, thread_id)
+        current = await ws.current_branch(worktree)
+        source = check_branch(branch) if branch is not None else current
+        if source is None:
+            raise ControlError(409, "the worktree is on a detached HEAD; name the branch to pull")
+        dirty = await ws.git.run(["status", "--porcelain", "-z", "--untracked-files=no"], cwd=worktree)
+        if dirty.stdout.strip("\0"):
+            raise ControlError(
+                409,
+                "the thread has uncommitted changes; commit them before pulling",
+                files=[entry[3:] for entry in dirty.stdout.split("\0") if len(entry) > 3],
+            )
+        async with ws.user_lock(client_id, user_id):
+            ws.clear_shared_locks(client_id, user_id)
+            await ws.checked_origin(client_id, user_id)
+            fetched = await ws.git.run(
+                ["fetch", "origin", f"+refs/heads/{source}:refs/remotes/origin/{source}"], cwd=worktree, check=False
+            )
+        if fetched.returncode != 0:
+            if "couldn't find remote ref" in fetched.stderr:
+                if branch is None:
+                    return {
+                        "updated": False,
+                        "branch": current,
+                        "head": await _head(ws, worktree),
+                        "message": f"origin has no branch {source!r} yet",
+                    }
+                raise ControlError(404, f"origin has no branch {source!r}")
+            raise failure(GitError("fetch", fetched.returncode, fetched.stderr), "pull")
+        before = await _head(ws, worktree)
+        merged = await ws.git.run(["merge", "--no-edit", f"refs/remotes/origin/{source}"], cwd=worktree, check=False)
+        if merged.returncode != 0:
+            await _undo_merge(ws, worktree, before, merged.stderr + merged.stdout)
+        after = await _head(ws, worktree)
+        remote_head = (await ws.git.run(["rev-parse", f"refs/remotes/origin/{source}"], cwd=worktree)).stdout.strip()
+        return {
+            "updated": after != before,
+            "fastForward": after != before and after == remote_head,
+            "branch": current,
+            "source": f"origin/{source}",
+            "head": after,
+            "previousHead": before,
+        }
+
+
+async def _undo_merge(ws: Workspaces, worktree: Path, before: str | None, output: str) -> None:
+    """Abort a failed merge, check HEAD is back where it was, and raise the 409."""
+    unmerged = await ws.git.run(["diff", "--name-only", "--diff-filter=U", "-z"], cwd=worktree, check=False)
+    conflicts = [name for name in unmerged.stdout.split("\0") if name]
+    await ws.git.run(["merge", "--abort"], cwd=worktree, check=False)
+    if before is not None and await _head(ws, worktree) != before:
+        await ws.git.run(["reset", "--keep", before], cwd=worktree)
+    if conflicts:
+        raise ControlError(
+            409,
+            "the pull conflicts with this thread's changes; the merge was aborted and the worktree is unchanged",
+            conflicts=conflicts,
+            hint="resolve by editing on the thread (or ask Claude), commit, and pull again",
+        )
+    files = [line.strip() for line in output.splitlines() if line.startswith("\t")]
+    raise ControlError(
+        409,
+        "the pull could not be merged; the worktree is unchanged",
+        files=files,
+        details=" | ".join(line for line in output.splitlines() if line.strip() and not line.startswith("\t"))[-500:],
+    )
+
+
+async def fetch(ws: Workspaces, client_id: str, user_id: str, thread_id: str) -> dict:
+    """Update the remote-tracking branches of the user's clone, then report the thread's status."""
+    worktree = ws.thread_path(client_id, user_id, thread_id)
+    if not (worktree / ".git").is_file():
+        raise ws.not_ready(client_id, user_id, thread_id)
+    async with ws.user_lock(client_id, user_id):
+        ws.clear_shared_locks(client_id, user_id)
+        await ws.checked_origin(client_id, user_id)
+        try:
+            await ws.git.run(["fetch", "--prune", "origin"], cwd=worktree)
+        except GitError as exc:
+            raise failure(exc, "fetch") from None
+    return {"fetched": True, **await _status(ws, client_id, user_id, worktree)}
+
+
+async def switch_branch(
+    ws: Workspaces, client_id: str, user_id: str, thread_id: str, branch: str, create: bool
+) -> dict:
+    """Put the thread's worktree on ``branch`` (new from HEAD with ``create``); changes are kept or git refuses."""
+    branch = check_branch(branch)
+    async with ws.thread_lock(client_id, user_id, thread_id):
+        worktree = await ws.open_thread(client_id, user_id, thread_id)
+        previous = await ws.current_branch(worktree)
+        if previous == branch and not create:
+            return {"switched": False, "created": False, "branch": branch, "previousBranch": previous}
+        exists = await ws.ref_exists(worktree, f"refs/heads/{branch}")
+        try:
+            async with ws.user_lock(client_id, user_id):
+                if create:
+                    if exists:
+                        raise ControlError(
+                            409, f"the branch {branch!r} already exists", hint="switch to it with createNew: false"
+                        )
+                    await ws.git.run(["switch", "--no-guess", "-c", branch], cwd=worktree)
+                elif exists:
+                    await ws.git.run(["switch", "--no-guess", branch], cwd=worktree)
+                else:
+                    await ws.checked_origin(client_id, user_id)
+                    fetched = await ws.git.run(
+                        ["fetch", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}"],
+                        cwd=worktree,
+                        check=False,
+                    )
+                    if fetched.returncode != 0:
+                        if "couldn't find remote ref" in fetched.stderr:
+                            raise ControlError(
+                                404, f"no branch {branch!r} here or on origin", hint="use createNew: true to create it"
+                            )
+                        raise failure(GitError("fetch", fetched.returncode, fetched.stderr), "branch")
+                    await ws.git.run(
+                        ["switch", "--no-guess", "--track", "-c", branch, f"origin/{branch}"], cwd=worktree
+                    )
+        except GitError as exc:
+            if "already" in exc.stderr and ("checked out" in exc.stderr or "used by worktree" in exc.stderr):
+                raise ControlError(
+                    409, f"the branch {branch!r} is checked out in another worktree", details=exc.summary
+                ) from None
+            if "overwritten" in exc.stderr:
+                raise ControlError(
+                    409, "switching would overwrite uncommitted changes; commit first", details=exc.summary
+                ) from None
+            raise failure(exc, "branch") from None
+        _remember_branch(ws, client_id, user_id, thread_id, branch)
+        return {"switched": True, "created": create or not exists, "branch": branch, "previousBranch": previous}
+
+
+def _remember_branch(ws: Workspaces, client_id: str, user_id: str, thread_id: str, branch: str) -> None:
+    ws.registry.update_branch(session_id_for(client_id, user_id, thread_id), branch)
+    path = ws.context_path(client_id, user_id, thread_id)
+    context = read_json_object(path)
+    if context is not None:
+        context["branch"] = branch
+        write_json_atomic(path, context)
+
+
+async def _head(ws: Workspaces, worktree: Path) -> str | None:
+    result = await ws.git.run(["rev-parse", "--verify", "--quiet", "HEAD"], cwd=worktree, check=False)
+    return result.stdout.strip() or None

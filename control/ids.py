@@ -1,0 +1,67 @@
+"""The ids that become folder names and branch names: checked before any path is built.
+
+clientId, userId and threadId follow the same rule as session ids
+(``edge.hostpolicy.is_session_id``): letters, digits, ``_ - .``, no leading
+``.`` or ``-``, no ``..``, at most 64 characters. One definition, used by both.
+"""
+
+from __future__ import annotations
+
+import re
+
+from edge.hostpolicy import is_session_id
+
+THREAD_BRANCH_PREFIX = "thread-"
+
+_BRANCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+
+
+class InvalidInput(ValueError):
+    """A request value the control API refuses (answered with 400)."""
+
+
+def is_valid_id(value: object) -> bool:
+    """True for a string that may name a client, user or thread folder."""
+    return isinstance(value, str) and is_session_id(value)
+
+
+def check_id(name: str, value: object) -> str:
+    """``value`` when it is a valid id, else InvalidInput naming the field."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string")
+    if not is_session_id(value):
+        raise InvalidInput(
+            f"{name} {value[:80]!r} is not a valid id (letters, digits, '_', '-', '.'; "
+            "no leading '.' or '-', no '..', at most 64 characters)"
+        )
+    return value
+
+
+def check_thread_id(value: object) -> str:
+    """A valid id that also makes a valid branch name ``thread-<id>``."""
+    thread_id = check_id("threadId", value)
+    if thread_id.endswith(".") or thread_id.endswith(".lock"):
+        raise InvalidInput("threadId must not end with '.' or '.lock' (it names a git branch)")
+    return thread_id
+
+
+def thread_branch(thread_id: str) -> str:
+    """The branch a thread works on."""
+    return THREAD_BRANCH_PREFIX + thread_id
+
+
+def is_branch_name(value: object) -> bool:
+    """A strict subset of git's ref-name rules: safe as an argument and as a path."""
+    if not isinstance(value, str) or not _BRANCH_RE.fullmatch(value) or value == "HEAD":
+        return False
+    if any(bad in value for bad in ("..", "//", "/.", "@{")):
+        return False
+    return not value.endswith(("/", ".", ".lock")) and ".lock/" not in value
+
+
+def check_branch(value: object) -> str:
+    """``value`` when it is an acceptable branch name, else InvalidInput."""
+    if not is_branch_name(value):
+        shown = value[:80] if isinstance(value, str) else type(value).__name__
+        raise InvalidInput(f"branch {shown!r} is not an acceptable branch name")
+    return value  # type: ignore[return-value]

@@ -1,0 +1,207 @@
+"""A thread's node_modules: installed once per lockfile, shared by hard links.
+
+Threads of one repository usually have the same lockfile, so the first one
+runs ``npm ci`` into ``WORKSPACE_PATH/.node_modules/<key>/node_modules`` and
+every thread gets a hard-linked copy of that tree (a fraction of a second, no
+extra disk). A copy, not a symlink: Vite only serves files below the project
+(``server.fs.allow``) and writes its caches (``node_modules/.vite``,
+``node_modules/.astro``) into the project's tree, which must stay per thread.
+The user's files are never changed: only ``node_modules`` is added, and the
+repository's local ``info/exclude`` (not ``.gitignore``) keeps it out of git.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import anyio
+
+from edge.settings import Settings
+from preview.logs import LogTail
+from preview.node import PreviewError, child_env, npm_argv
+from preview.process import run_to_end
+
+STORE_MARK = ".edge-store"  # in a thread's node_modules: the store key it was linked from
+INSTALL_TIMEOUT = 900.0
+GIT_EXCLUDES = ("/node_modules", "/.astro")
+
+
+def store_key(folder: Path, node_version: str) -> str | None:
+    """Which installed tree fits this thread: the lockfile (or package.json) and Node's major version."""
+    package = folder / "package.json"
+    if not package.is_file():
+        return None
+    lock = folder / "package-lock.json"
+    digest = hashlib.sha256()
+    digest.update((lock if lock.is_file() else package).read_bytes())
+    npmrc = folder / ".npmrc"
+    if npmrc.is_file():
+        digest.update(b"\0npmrc\0" + npmrc.read_bytes())
+    digest.update(b"\0node" + node_version.split(".", 1)[0].encode())
+    return digest.hexdigest()[:20]
+
+
+def git_common_dir(folder: Path) -> Path | None:
+    """The repository's common git dir for a checkout or worktree root (read from files, no git run)."""
+    dotgit = folder / ".git"
+    if dotgit.is_dir():
+        gitdir = dotgit
+    elif dotgit.is_file():
+        text = dotgit.read_text(errors="replace").strip()
+        if not text.startswith("gitdir:"):
+            return None
+        gitdir = (folder / text.split(":", 1)[1].strip()).resolve()
+    else:
+        return None
+    common = gitdir / "commondir"
+    if common.is_file():
+        return (gitdir / common.read_text().strip()).resolve()
+    return gitdir
+
+
+def exclude_from_git(folder: Path, entries: tuple[str, ...] = GIT_EXCLUDES) -> None:
+    """Add the preview's generated folders to the repository's local exclude file.
+
+    Worktrees read ``info/exclude`` from the common dir, so one line covers
+    every thread; anchored patterns without a trailing slash match a folder
+    and a link alike.
+    """
+    common = git_common_dir(folder)
+    if common is None or not common.is_dir():
+        return
+    exclude = common / "info" / "exclude"
+    existing = exclude.read_text().splitlines() if exclude.is_file() else []
+    missing = [entry for entry in entries if entry not in existing and entry + "/" not in existing]
+    if not missing:
+        return
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    prefix = "" if not existing or exclude.read_text().endswith("\n") else "\n"
+    with exclude.open("a") as out:
+        out.write(prefix + "# added by the webordinary edge (preview dependencies)\n" + "".join(f"{e}\n" for e in missing))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+            raise
+        shutil.copy2(src, dst)
+
+
+def link_tree(source: Path, target: Path, key: str) -> None:
+    """Hard-link ``source`` to ``target`` (files shared, folders own), then mark it with ``key``."""
+    partial = target.with_name(f"{target.name}.edge-{uuid.uuid4().hex[:8]}")
+    try:
+        shutil.copytree(source, partial, symlinks=True, copy_function=_link_or_copy)
+        (partial / STORE_MARK).write_text(key + "\n")
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _store_package_json(folder: Path) -> bytes:
+    """package.json without the project's own scripts (its prepare/postinstall need the whole repo)."""
+    raw = (folder / "package.json").read_bytes()
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise PreviewError("package.json is not valid JSON") from None
+    if isinstance(meta, dict):
+        meta.pop("scripts", None)
+        return json.dumps(meta, indent=2).encode()
+    raise PreviewError("package.json is not a JSON object")
+
+
+class DependencyStore:
+    """Installs each distinct lockfile once and links it into threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.workspace_path / ".node_modules"
+        self.npm_cache = settings.npm_cache_dir or settings.workspace_path / ".npm-cache"
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.installs = 0  # npm runs so far (the benchmark and tests read it)
+
+    async def ensure(
+        self, folder: Path, node: str, node_version: str, log: LogTail, installing: Callable[[], None]
+    ) -> str:
+        """Make ``folder/node_modules`` usable; returns ``present``, ``linked`` or ``installed``.
+
+        A node_modules the edge did not create (no mark) is the project's own
+        and is used as it is.
+        """
+        modules = folder / "node_modules"
+        key = store_key(folder, node_version)
+        if key is None:
+            if modules.exists():
+                return "present"
+            raise PreviewError("package.json is missing: this folder is not an npm project")
+        mark = modules / STORE_MARK
+        if modules.exists() or modules.is_symlink():
+            if not mark.is_file() or mark.read_text().strip() == key:
+                return "present"
+            log.event("the lockfile changed: relinking node_modules")
+            await anyio.to_thread.run_sync(shutil.rmtree, modules)
+        store = self.root / key
+        outcome = "linked"
+        async with self._locks[key]:
+            if not (store / "node_modules").is_dir():
+                installing()
+                await self._install(folder, store, node, log)
+                outcome = "installed"
+        log.event(f"linking node_modules from the shared install {key}")
+        await anyio.to_thread.run_sync(link_tree, store / "node_modules", modules, key)
+        exclude_from_git(folder)
+        return outcome
+
+    async def _install(self, folder: Path, store: Path, node: str, log: LogTail) -> None:
+        lock = folder / "package-lock.json"
+        command = "ci" if lock.is_file() else "install"
+        partial = store.with_name(f"{store.name}.tmp-{uuid.uuid4().hex[:8]}")
+        partial.mkdir(parents=True)
+        try:
+            (partial / "package.json").write_bytes(_store_package_json(folder))
+            if lock.is_file():
+                shutil.copyfile(lock, partial / "package-lock.json")
+            if (folder / ".npmrc").is_file():
+                shutil.copyfile(folder / ".npmrc", partial / ".npmrc")
+            self.npm_cache.mkdir(parents=True, exist_ok=True)
+            env = child_env(
+                self.settings,
+                node,
+                network=True,
+                extra={
+                    "npm_config_cache": str(self.npm_cache),
+                    "npm_config_update_notifier": "false",
+                    "npm_config_fund": "false",
+                    "npm_config_audit": "false",
+                },
+            )
+            argv = [*npm_argv(node), command, "--no-audit", "--no-fund", "--no-progress"]
+            log.event(f"installing dependencies: npm {command} (shared npm cache {self.npm_cache})")
+            self.installs += 1
+            code = await run_to_end(argv, cwd=partial, env=env, log=log, timeout=INSTALL_TIMEOUT)
+            if code != 0:
+                reason = "timed out" if code is None else f"exited with {code}"
+                raise PreviewError(f"npm {command} {reason}; see the log above")
+            if not (partial / "node_modules").is_dir():
+                (partial / "node_modules").mkdir()
+            try:
+                partial.rename(store)
+            except OSError:
+                if not (store / "node_modules").is_dir():
+                    raise
+        finally:
+            if partial.exists():
+                await anyio.to_thread.run_sync(shutil.rmtree, partial, True)

@@ -1,0 +1,42 @@
+"""Which folder a session previews, and which session a thread has.
+
+The supervisor only needs two answers, so they are one small interface that
+whoever owns sessions implements: in the edge, control's session registry
+(``control.previews.RegistryLocator``), given to ``preview.setup``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+from edge.hostpolicy import is_session_id
+
+
+class ThreadRef(NamedTuple):
+    """A conversation thread: ``WORKSPACE_PATH/<client>/<user>/threads/<thread>``."""
+
+    client_id: str
+    user_id: str
+    thread_id: str
+
+    def valid(self) -> bool:
+        """Ids are letters, digits, ``_ - .``; no ``..``, no leading ``-`` or ``.``; at most 64."""
+        return all(is_session_id(part) for part in self)
+
+
+def thread_folder(workspace: Path, thread: ThreadRef) -> Path:
+    """The workspace layout of control/: one git worktree per thread."""
+    return workspace / thread.client_id / thread.user_id / "threads" / thread.thread_id
+
+
+class Locator(Protocol):
+    """What the supervisor asks about sessions and threads."""
+
+    def session_id(self, thread: ThreadRef) -> str:
+        """The session (``/session/<id>/``) that previews ``thread``."""
+        ...
+
+    def folder(self, session_id: str) -> Path | None:
+        """The folder session ``session_id`` previews, or None for an unknown session."""
+        ...

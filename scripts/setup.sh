@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Install everything the tests and the benchmark need, on a fresh Debian machine as root.
+#
+# Idempotent: each step checks whether its result already exists and skips if so,
+# so a second run takes about a second. Everything the project installs lives in
+# the repository (.venv/ and .cache/, both ignored by git), except the Debian
+# packages. Only package registries are used: Debian (apt), PyPI (pip), npm.
+#
+#   .venv/                          Python venv with `pip install -e '.[test]'`
+#   .cache/astro/5/node_modules     Astro 5 for Node 20, from examples/site/package-lock.json
+#   .cache/astro/7/node_modules     Astro 7 (needs Node >= 22.12)
+#   .cache/node22/                  Node 22 from the npm package node-linux-<arch>
+#   .cache/chp/                     configurable-http-proxy, for bench/proxy_bench.py
+#   .cache/bin/node22               link to the Node 22 binary (what the tests use)
+#   .cache/bin/configurable-http-proxy
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/.cache"
+PYTHON="${PYTHON:-python3}"
+ASTRO7_VERSION="7.3.5"
+NODE22_VERSION="22.23.5"
+CHP_VERSION="5.3.0"
+NPM_FLAGS=(--no-audit --no-fund --loglevel=error)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# A stamp holds what a step was done for (a version or a file hash); a step
+# whose stamp matches is skipped, and a step that failed half-way has none.
+stamp_matches() { [[ -f "$1" && "$(cat "$1")" == "$2" ]]; }
+
+apt_packages() {
+    local missing=()
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v git >/dev/null || missing+=(git)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if ((${#missing[@]} == 0)); then
+        log "Debian packages: present"
+        return
+    fi
+    log "Debian packages: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+python_venv() {
+    local want
+    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [[ -x "$ROOT/.venv/bin/python" ]] && stamp_matches "$ROOT/.venv/.setup-stamp" "$want"; then
+        log "Python venv: up to date"
+        return
+    fi
+    log "Python venv: installing .[test] into .venv"
+    [[ -x "$ROOT/.venv/bin/python" ]] || "$PYTHON" -m venv "$ROOT/.venv"
+    "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[test]"
+    printf '%s' "$want" >"$ROOT/.venv/.setup-stamp"
+}
+
+astro5() {
+    local dir="$CACHE/astro/5" want
+    want="$(cat "$ROOT/examples/site/package.json" "$ROOT/examples/site/package-lock.json" | sha256sum | cut -d' ' -f1)"
+    if stamp_matches "$dir/.setup-stamp" "$want"; then
+        log "Astro 5: up to date"
+        return
+    fi
+    log "Astro 5: npm ci from examples/site/package-lock.json"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$ROOT/examples/site/package.json" "$ROOT/examples/site/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci "${NPM_FLAGS[@]}")
+    printf '%s' "$want" >"$dir/.setup-stamp"
+}
+
+# Install one npm package (at an exact version) into its own folder.
+npm_package() {
+    local label="$1" dir="$2" spec="$3"
+    if stamp_matches "$dir/.setup-stamp" "$spec"; then
+        log "$label: up to date"
+        return
+    fi
+    log "$label: npm install $spec"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    npm install --prefix "$dir" "${NPM_FLAGS[@]}" "$spec"
+    printf '%s' "$spec" >"$dir/.setup-stamp"
+}
+
+node_arch() {
+    case "$(uname -m)" in
+        x86_64) echo x64 ;;
+        aarch64 | arm64) echo arm64 ;;
+        *) echo "unsupported machine $(uname -m) for node-linux-*" >&2; return 1 ;;
+    esac
+}
+
+main() {
+    local started=$SECONDS arch
+    apt_packages
+    python_venv
+    astro5
+    npm_package "Astro 7" "$CACHE/astro/7" "astro@$ASTRO7_VERSION"
+    arch="$(node_arch)"
+    npm_package "Node 22" "$CACHE/node22" "node-linux-$arch@$NODE22_VERSION"
+    npm_package "configurable-http-proxy" "$CACHE/chp" "configurable-http-proxy@$CHP_VERSION"
+    mkdir -p "$CACHE/bin"
+    ln -sfn "../node22/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node22"
+    ln -sfn "../chp/node_modules/.bin/configurable-http-proxy" "$CACHE/bin/configurable-http-proxy"
+    "$CACHE/bin/node22" --version >/dev/null
+    log "done in $((SECONDS - started)) s"
+}
+
+main "$@"

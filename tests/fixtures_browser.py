@@ -1,0 +1,97 @@
+"""Fixtures for a real headless Chromium (Debian's), driven by Playwright's async API.
+
+Chromium resolves the public preview names to 127.0.0.1 (``--host-resolver-rules``),
+so a test opens ``http://edit.amelia.webordinary.com:<edge port>/session/<id>/``
+exactly as a site owner's browser would, and reaches the local edge.
+Playwright never downloads a browser here: it launches /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, Request, Response, WebSocket, async_playwright
+
+from tests.fixtures_astro import require
+
+CHROMIUM = Path("/usr/bin/chromium")
+PUBLIC_HOST = "edit.amelia.webordinary.com"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    f"--host-resolver-rules=MAP {PUBLIC_HOST} 127.0.0.1, MAP *.{PUBLIC_HOST} 127.0.0.1, MAP *--{PUBLIC_HOST} 127.0.0.1",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium; closed after the test."""
+    require(CHROMIUM.exists(), f"{CHROMIUM} is not installed")
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@dataclass
+class WatchedPage:
+    """A page plus what went wrong on it: console errors, failed requests, 4xx/5xx answers."""
+
+    page: Page
+    console_messages: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)
+    error_responses: list[str] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)
+    websockets: list[WebSocket] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """Everything that should not happen on a healthy preview page."""
+        return self.console_errors + self.failed_requests + self.error_responses
+
+    def clear(self) -> None:
+        """Forget what was recorded so far (before the next step of a test)."""
+        for recorded in (self.console_messages, self.console_errors, self.failed_requests, self.error_responses, self.responses):
+            recorded.clear()
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        self.console_messages.append(message.text)
+        if message.type == "error":
+            self.console_errors.append(f"console: {message.text}")
+
+    def _on_request_failed(self, request: Request) -> None:
+        self.failed_requests.append(f"failed: {request.method} {request.url} ({request.failure})")
+
+    def _on_websocket(self, websocket: WebSocket) -> None:
+        self.websockets.append(websocket)
+
+    def _on_response(self, response: Response) -> None:
+        self.responses.append(response)
+        if response.status >= 400:
+            self.error_responses.append(f"HTTP {response.status}: {response.request.method} {response.url}")
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[WatchedPage]:
+    """A fresh browser context and page that records console errors and failed requests."""
+    context = await browser.new_context()
+    watched = WatchedPage(await context.new_page())
+    watched.page.on("console", watched._on_console)
+    watched.page.on("pageerror", lambda error: watched.console_errors.append(f"page error: {error}"))
+    watched.page.on("requestfailed", watched._on_request_failed)
+    watched.page.on("response", watched._on_response)
+    watched.page.on("websocket", watched._on_websocket)
+    try:
+        yield watched
+    finally:
+        await context.close()

@@ -1,0 +1,88 @@
+"""End to end in Chromium: a stopped thread's preview appears by itself and edits show live."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from playwright.async_api import Error as PlaywrightError
+
+from tests.fixtures_browser import PUBLIC_HOST
+
+pytestmark = [pytest.mark.astro, pytest.mark.browser]
+DEADLINE = 120.0
+
+
+async def eventually(page, script: str, what: str, timeout: float = DEADLINE, context=lambda: ""):
+    """Evaluate ``script`` until it returns something truthy, across reloads and navigations."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = await page.evaluate(script)
+            if value:
+                return value
+        except PlaywrightError:
+            pass  # the page navigated (the starting page refreshes itself; Vite reloads)
+        await asyncio.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}; {context()}", pytrace=False)
+
+
+async def test_a_stopped_thread_opens_in_chromium_and_edits_show_live(preview_edge, make_thread, page):
+    thread = make_thread("t1")
+    edge = await preview_edge()
+    assert edge.supervisor.get("t1") is None
+    public = f"http://{PUBLIC_HOST}:{edge.server.port}/session/t1/"
+    browser_page = page.page
+
+    first = await browser_page.goto(public)
+    assert first is not None and first.status == 503  # "Starting preview…", refreshing itself
+    await eventually(browser_page, "() => document.querySelector('h1')?.textContent === \"Welcome to Amelia's site\"", "the page")
+    await eventually(browser_page, "() => true", "a settled page")
+    assert edge.supervisor.status("t1")["state"] == "ready"
+
+    async def hmr_open() -> bool:
+        return any("?token=" in ws.url and not ws.is_closed() for ws in page.websockets)
+
+    deadline = time.monotonic() + DEADLINE
+    while not (await hmr_open() and any("[vite] connected" in m for m in page.console_messages)):
+        assert time.monotonic() < deadline, "the HMR socket never connected"
+        await asyncio.sleep(0.1)
+    page.clear()
+
+    h1_color = "() => getComputedStyle(document.querySelector('h1')).color"
+    css = thread.path / "src" / "styles" / "global.css"
+    await browser_page.evaluate("() => { window.__beforeCss = true; }")
+    css.write_text(css.read_text().replace("rgb(1, 2, 3)", "rgb(200, 30, 40)"))
+    await eventually(browser_page, f"() => ({h1_color})() === 'rgb(200, 30, 40)'", "the CSS edit")
+    if await browser_page.evaluate("() => window.__beforeCss") is None:
+        # Astro 5 reloads the page for this edit: the next edit needs the new page's HMR socket.
+        deadline = time.monotonic() + DEADLINE
+        while not (await hmr_open() and any("[vite] connected" in m for m in page.console_messages)):
+            assert time.monotonic() < deadline, "the HMR socket never reconnected after the reload"
+            await asyncio.sleep(0.1)
+
+    index = thread.path / "src" / "pages" / "index.astro"
+    index.write_text(index.read_text().replace("Welcome to Amelia's site", "Edited live by Claude"))
+    await eventually(browser_page, "() => document.querySelector('h1')?.textContent === 'Edited live by Claude'", "the text edit")
+
+    assert await browser_page.evaluate(h1_color) == "rgb(200, 30, 40)"
+    assert browser_page.url == public  # never a manual reload or another address
+
+    # Astro 5 answers these edits with a full reload, which aborts module loads still in flight.
+    assert [p for p in page.problems() if "net::ERR_ABORTED" not in p] == []
+    assert await hmr_open()
+
+    # Stopping the preview closes its HMR socket; Vite's client pings until the edge has
+    # started the preview again (on demand) and then reloads the page by itself.
+    await browser_page.evaluate("() => { window.__beforeStop = true; }")
+    status, _ = await edge.api("POST", "stop", thread)
+    assert status == 200
+    await eventually(
+        browser_page,
+        "() => window.__beforeStop === undefined && document.querySelector('h1')?.textContent === 'Edited live by Claude'",
+        "the page to come back after the stop",
+        context=lambda: f"preview {edge.supervisor.status('t1')}; console {page.console_messages[-15:]}",
+    )
+    assert edge.supervisor.status("t1")["state"] == "ready"
+    assert browser_page.url == public

@@ -1,0 +1,302 @@
+"""The edge's server limits, seen from raw sockets: the request-head deadline,
+the keep-alive idle timeout, the connection cap, and that none of them cuts
+a legitimate long upload, stream or WebSocket; draining on stop, and
+``edge serve`` as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import replace
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from edge.server import start_edge
+from tests.conftest import free_port
+from tests.fixtures_rawhttp import add_route, closed_by_peer, open_raw, read_response, request
+
+HEALTH = request("GET", "/health")
+# A head long enough that trickling it takes far longer than the test's header timeout.
+PADDED_HEAD = request("GET", "/health", headers={"X-Padding": "p" * 400})
+TRICKLE_PAUSE = 0.02
+
+
+async def trickle(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, data: bytes) -> tuple[int, bytes]:
+    """Send ``data`` a byte at a time until it is all sent or the edge closes; return bytes sent and received."""
+    closed = asyncio.ensure_future(closed_by_peer(reader, timeout=30))
+    sent = 0
+    try:
+        for byte in data:
+            if closed.done():
+                break
+            writer.write(bytes([byte]))
+            await writer.drain()
+            sent += 1
+            await asyncio.sleep(TRICKLE_PAUSE)
+        received = await closed
+    except (ConnectionResetError, BrokenPipeError):
+        received = await closed
+    finally:
+        closed.cancel()
+        writer.close()
+    return sent, received
+
+
+async def test_silent_connection_is_closed_after_the_header_timeout(edge):
+    server = await edge(header_timeout=1)
+    reader, writer = await open_raw(server.port)
+    assert await closed_by_peer(reader, timeout=15) == b""
+    writer.close()
+
+
+async def test_trickled_request_head_is_closed_before_it_completes(edge):
+    server = await edge(header_timeout=1)
+    reader, writer = await open_raw(server.port)
+    sent, received = await trickle(writer, reader, PADDED_HEAD)
+    assert sent < len(PADDED_HEAD)
+    assert received == b""
+
+
+async def test_next_head_on_a_kept_alive_connection_has_a_deadline_too(edge):
+    server = await edge(header_timeout=1)
+    reader, writer = await open_raw(server.port)
+    writer.write(HEALTH)
+    first = await read_response(reader)
+    assert first is not None and first.status == 200
+    sent, received = await trickle(writer, reader, PADDED_HEAD)
+    assert sent < len(PADDED_HEAD)
+    assert received == b""
+
+
+async def test_idle_kept_alive_connection_is_closed(edge):
+    server = await edge(header_timeout=60, keepalive_timeout=1)
+    reader, writer = await open_raw(server.port)
+    writer.write(HEALTH)
+    response = await read_response(reader)
+    assert response is not None and response.status == 200
+    assert await closed_by_peer(reader, timeout=15) == b""
+    writer.close()
+
+
+async def test_a_head_sent_in_time_is_answered_and_the_connection_kept(edge):
+    server = await edge(header_timeout=1, keepalive_timeout=30)
+    reader, writer = await open_raw(server.port)
+    for _ in range(3):
+        writer.write(HEALTH)
+        response = await read_response(reader)
+        assert response is not None and response.status == 200
+    writer.close()
+
+
+async def test_long_upload_stream_and_websocket_outlive_every_timeout(edge, serve):
+    """Bodies, streamed responses and WebSockets are not timed by the head deadline nor the idle timeout."""
+
+    async def count(request: web.Request) -> web.Response:
+        return web.Response(text=str(len(await request.read())))
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for i in range(12):
+            await response.write(f"event {i}\n".encode())
+            await asyncio.sleep(0.25)
+        return response
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(message.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_post("/upload", count)
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/ws", echo)
+    upstream = await serve(app)
+    server = await edge(header_timeout=1, keepalive_timeout=1, first_byte_timeout=1)
+    add_route(server, "s1", upstream.origin)
+
+    async def slow_body():
+        for _ in range(12):
+            yield b"x" * 1000
+            await asyncio.sleep(0.25)
+
+    async with aiohttp.ClientSession() as client:
+        async with client.post(server.url("/session/s1/upload"), data=slow_body()) as resp:
+            assert resp.status == 200 and await resp.text() == "12000"
+        async with client.get(server.url("/session/s1/stream")) as resp:
+            assert (await resp.text()).splitlines() == [f"event {i}" for i in range(12)]
+        async with client.ws_connect(server.url("/session/s1/ws")) as ws:
+            for i in range(3):
+                await ws.send_str(f"ping {i}")
+                assert (await ws.receive_str(timeout=10)) == f"ping {i}"
+                await asyncio.sleep(1)
+
+
+async def held_connection(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A kept-alive connection the edge has certainly accepted: it answered a request on it."""
+    reader, writer = await open_raw(port)
+    writer.write(HEALTH)
+    response = await read_response(reader)
+    assert response is not None and response.status == 200
+    return reader, writer
+
+
+async def answered(port: int) -> bool:
+    """Whether a new connection gets an answer to a valid request (False: closed without one)."""
+    reader, writer = await open_raw(port)
+    try:
+        writer.write(request("GET", "/health", headers={"Connection": "close"}))
+        response = await read_response(reader)
+        return response is not None and response.status == 200
+    finally:
+        writer.close()
+
+
+async def test_at_the_cap_a_new_connection_replaces_the_longest_idle_one(edge):
+    server = await edge(max_connections=3, header_timeout=60, keepalive_timeout=60)
+    held = [await held_connection(server.port) for _ in range(3)]
+    assert await answered(server.port)
+    assert await closed_by_peer(held[0][0]) == b""
+    for reader, writer in held[1:]:
+        writer.write(HEALTH)
+        response = await read_response(reader)
+        assert response is not None and response.status == 200
+    for _, writer in held:
+        writer.close()
+
+
+async def test_when_every_connection_is_busy_new_ones_are_refused(edge, serve):
+    release = asyncio.Event()
+    waiting = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal waiting
+        waiting += 1
+        await release.wait()
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    upstream = await serve(app)
+    server = await edge(max_connections=3, header_timeout=60, keepalive_timeout=60)
+    add_route(server, "s1", upstream.origin)
+    busy = [await open_raw(server.port) for _ in range(3)]
+    for _, writer in busy:
+        writer.write(request("GET", "/session/s1/slow"))
+    async with asyncio.timeout(10):
+        while waiting < 3:
+            await asyncio.sleep(0.01)
+
+    assert not await answered(server.port)
+    release.set()
+    for reader, writer in busy:
+        response = await read_response(reader)
+        assert response is not None and response.body == b"done"
+    assert await answered(server.port)
+    for _, writer in busy:
+        writer.close()
+
+
+async def test_a_flood_of_idle_connections_neither_locks_clients_out_nor_stays(edge):
+    """Twice the cap in silent sockets: a real client is still served, and the deadline clears them all."""
+    server = await edge(max_connections=50, header_timeout=2, keepalive_timeout=60)
+    idle = [await open_raw(server.port) for _ in range(100)]
+    assert await answered(server.port)
+    closed = await asyncio.gather(*(closed_by_peer(reader, timeout=15) for reader, _ in idle))
+    assert closed == [b""] * 100
+    for _, writer in idle:
+        writer.close()
+
+
+async def test_stopping_drains_requests_in_flight_then_cuts_endless_streams(settings, serve):
+    release = asyncio.Event()
+    arrived: set[str] = set()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.add("slow")
+        await release.wait()
+        return web.Response(text="done")
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first\n")
+        arrived.add("endless")
+        await asyncio.sleep(3600)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/endless", endless)
+    upstream = await serve(app, handler_cancellation=True)
+    running = await start_edge(replace(settings, port=0, drain_seconds=3))
+    stopping = None
+    try:
+        add_route(running.runner, "s1", upstream.origin)
+        slow_conn = await open_raw(running.port)
+        slow_conn[1].write(request("GET", "/session/s1/slow"))
+        endless_conn = await open_raw(running.port)
+        endless_conn[1].write(request("GET", "/session/s1/endless"))
+        async with asyncio.timeout(10):
+            while arrived != {"slow", "endless"}:
+                await asyncio.sleep(0.01)
+
+        stopping = asyncio.ensure_future(running.runner.cleanup())
+        async with asyncio.timeout(10):
+            while True:  # the listening socket closes first
+                try:
+                    (await open_raw(running.port))[1].close()
+                except (ConnectionRefusedError, ConnectionResetError):
+                    break
+                await asyncio.sleep(0.01)
+        release.set()
+        response = await read_response(slow_conn[0])
+        assert response is not None and response.body == b"done"
+        assert b"first" in await closed_by_peer(endless_conn[0], timeout=15)
+        async with asyncio.timeout(15):
+            await stopping
+        for _, writer in (slow_conn, endless_conn):
+            writer.close()
+    finally:
+        release.set()
+        if stopping is None:
+            await running.runner.cleanup()
+
+
+async def wait_healthy(proc: asyncio.subprocess.Process, url: str) -> None:
+    async with aiohttp.ClientSession() as client, asyncio.timeout(30):
+        while proc.returncode is None:
+            try:
+                async with client.get(url) as resp:
+                    if resp.status == 200 and (await resp.json())["status"] == "healthy":
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"edge serve exited with {proc.returncode} before it was healthy")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_edge_serve_answers_health_and_exits_0_on_signal(tmp_path, sig):
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "EDGE_HOST": "127.0.0.1", "WORKSPACE_PATH": str(tmp_path / "workspace")}
+    with open(tmp_path / "edge.log", "wb") as log:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "edge", "serve", env=env, stdout=log, stderr=log)
+        try:
+            await wait_healthy(proc, f"http://127.0.0.1:{port}/health")
+            reader, writer = await held_connection(port)  # an idle kept-alive client must not hold up the exit
+            proc.send_signal(sig)
+            async with asyncio.timeout(30):
+                assert await proc.wait() == 0, (tmp_path / "edge.log").read_text()
+            assert await closed_by_peer(reader) == b""
+            writer.close()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -18,7 +18,8 @@ from control.gitcmd import GitError
 from control.ids import InvalidInput, check_branch, check_id, check_thread_id
 from control.jsonfile import read_json_object as read_json_file
 from control.repourl import parse_repo_url
-from control.sessions import REGISTRY, SessionRegistry
+from control.sessions import REGISTRY, SessionRegistry, session_id_for
+from control.tracking import TRACKER
 from control.workspaces import WORKSPACES, Workspaces, failure
 from edge import keys
 from edge.headers import make_peer
@@ -94,7 +95,12 @@ async def init(request: web.Request) -> web.Response:
     raw_url = body.get("repoUrl")
     repo = None if raw_url is None else parse_repo_url(raw_url, settings.git_allowed_hosts, settings.git_allow_local)
     ws = request.app[WORKSPACES]
-    result = await ws.run_detached(ws.init_thread(client_id, user_id, thread_id, repo))
+    work = ws.init_thread(client_id, user_id, thread_id, repo)
+    tracker = request.app.get(TRACKER)
+    if tracker is not None:  # status initializing → ready/error, in the registry and DynamoDB
+        preview_url = f"{_public_origin(request)}/session/{session_id_for(client_id, user_id, thread_id)}/"
+        work = tracker.track_init(client_id, user_id, thread_id, preview_url, work)
+    result = await ws.run_detached(work)
     session = result.session
     return _ok(
         {

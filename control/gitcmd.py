@@ -160,6 +160,8 @@ class GitRunner:
             basic = f"{TOKEN_USERNAME}:{self._token}".encode()
             secrets += [base64.b64encode(basic).decode(), base64.b64encode(basic).decode().rstrip("=")]
         self._secrets = [s for s in secrets if s]
+        # Told of every git command's outcome (the edge's metrics: edge.metrics.observe_git).
+        self.observer: Callable[[str, bool], None] | None = None
 
     @property
     def has_token(self) -> bool:
@@ -227,6 +229,8 @@ class GitRunner:
             await proc.wait()
             raise
         result = GitResult(returncode, stdout.decode("utf-8", "replace"), self.scrub(stderr.decode("utf-8", "replace")))
+        if self.observer is not None:
+            self.observer(args[0], not (check and returncode != 0))
         if check and returncode != 0:
             error = GitError(args[0], returncode, result.stderr, self.scrub(result.stdout))
             log.warning("git %s failed (%d): %s", args[0], returncode, error.summary)

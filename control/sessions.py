@@ -11,6 +11,11 @@ The registry is one JSON file, ``WORKSPACE_PATH/.edge/sessions.json``
 (a dot folder: no id can start with '.', so no client folder can clash),
 rewritten atomically on each change:
 ``{"version": 1, "sessions": {"<sessionId>": {<ThreadSession.as_json()>}}}``.
+
+Last activity changes on every proxied request, so it is kept in memory
+(``note_activity``) and written by ``flush()`` (periodically and at shutdown),
+never once per request. No SQLite and no file locks: the file may live on
+EFS/NFS, and one edge process owns it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
@@ -30,6 +36,7 @@ log = logging.getLogger("edge.control.sessions")
 
 REGISTRY_FILE = Path(".edge") / "sessions.json"
 _STEM_MAX = 40
+STATUSES = ("initializing", "ready", "idle", "error")
 
 
 def session_id_for(client_id: str, user_id: str, thread_id: str) -> str:
@@ -52,6 +59,9 @@ class ThreadSession:
     worktree: str
     created: float
     updated: float
+    status: str = "ready"  # one of STATUSES
+    last_activity: float = 0.0  # wall clock; 0: none recorded
+    preview_url: str = ""
 
     def as_json(self) -> dict:
         return {
@@ -64,6 +74,9 @@ class ThreadSession:
             "worktree": self.worktree,
             "created": self.created,
             "updated": self.updated,
+            "status": self.status,
+            "lastActivity": self.last_activity,
+            "previewUrl": self.preview_url,
         }
 
     @classmethod
@@ -78,6 +91,9 @@ class ThreadSession:
             worktree=str(data["worktree"]),
             created=float(data["created"]),
             updated=float(data.get("updated", data["created"])),
+            status=data["status"] if data.get("status") in STATUSES else "ready",
+            last_activity=float(data.get("lastActivity") or 0.0),
+            preview_url=str(data.get("previewUrl") or ""),
         )
 
 
@@ -87,6 +103,8 @@ class SessionRegistry:
     def __init__(self, workspace_path: Path) -> None:
         self.path = workspace_path / REGISTRY_FILE
         self._sessions: dict[str, ThreadSession] = {}
+        self._listeners: list[Listener] = []
+        self._dirty = False
         data = read_json_object(self.path)
         if data is None:
             if self.path.exists():
@@ -109,25 +127,67 @@ class SessionRegistry:
     def all(self) -> list[ThreadSession]:
         return list(self._sessions.values())
 
+    def on_change(self, listener: "Listener") -> None:
+        """Call ``listener(session_id, entry)`` after each persisted change (entry None: removed)."""
+        self._listeners.append(listener)
+
     def put(self, session: ThreadSession) -> ThreadSession:
-        """Add or update an entry (keeping its first ``created``) and persist."""
+        """Add or update an entry (keeping its first ``created``, activity and preview URL) and persist."""
         old = self._sessions.get(session.session_id)
         if old is not None:
-            session = replace(session, created=old.created)
+            session = replace(
+                session,
+                created=old.created,
+                last_activity=max(old.last_activity, session.last_activity),
+                preview_url=session.preview_url or old.preview_url,
+            )
         self._sessions[session.session_id] = session
         self._save()
+        self._notify(session.session_id, session)
         return session
+
+    def update(self, session_id: str, **changes: object) -> ThreadSession | None:
+        """Change fields of an entry (e.g. ``status``); persisted and announced only if something changed."""
+        old = self._sessions.get(session_id)
+        if old is None:
+            return None
+        if "status" in changes and changes["status"] not in STATUSES:
+            raise ValueError(f"unknown session status {changes['status']!r}")
+        new = replace(old, **changes)  # type: ignore[arg-type]
+        if new != old:
+            self._sessions[session_id] = replace(new, updated=time.time())
+            self._save()
+            self._notify(session_id, self._sessions[session_id])
+        return self._sessions[session_id]
+
+    def note_activity(self, session_id: str, when: float) -> bool:
+        """Remember activity in memory only (written by ``flush``); True when it moved forward."""
+        old = self._sessions.get(session_id)
+        if old is None or when <= old.last_activity:
+            return False
+        self._sessions[session_id] = replace(old, last_activity=when)
+        self._dirty = True
+        return True
+
+    def flush(self) -> bool:
+        """Write remembered activity to the file, if any; True when it wrote."""
+        if not self._dirty:
+            return False
+        self._save()
+        return True
 
     def update_branch(self, session_id: str, branch: str) -> None:
         old = self._sessions.get(session_id)
         if old is not None and old.branch != branch:
             self._sessions[session_id] = replace(old, branch=branch, updated=time.time())
             self._save()
+            self._notify(session_id, self._sessions[session_id])
 
     def remove(self, session_id: str) -> bool:
         if self._sessions.pop(session_id, None) is None:
             return False
         self._save()
+        self._notify(session_id, None)
         return True
 
     def _save(self) -> None:
@@ -135,6 +195,17 @@ class SessionRegistry:
             self.path,
             {"version": 1, "sessions": {sid: s.as_json() for sid, s in sorted(self._sessions.items())}},
         )
+        self._dirty = False
+
+    def _notify(self, session_id: str, session: ThreadSession | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(session_id, session)
+            except Exception:  # an observer (DynamoDB) must never break the registry
+                log.exception("session listener failed for %s", session_id)
+
+
+Listener = Callable[[str, "ThreadSession | None"], None]
 
 
 REGISTRY = web.AppKey("control_session_registry", SessionRegistry)

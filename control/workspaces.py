@@ -175,6 +175,11 @@ class Workspaces:
         if not task.cancelled():
             task.exception()
 
+    @property
+    def in_flight(self) -> int:
+        """Operations running now (what ``drain`` waits for; idle shutdown counts them as activity)."""
+        return len(self._tasks)
+
     async def drain(self, timeout: float) -> None:
         """Let running operations finish (at shutdown); cancel what is left after ``timeout``."""
         if not self._tasks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -10,9 +11,12 @@ from aiohttp import web
 
 import preview
 from control import api as control_api
+from control import claude_api
+from control import dynamo, status_api, tracking
 from control.previews import RegistryLocator
 from control.sessions import REGISTRY
-from edge import health, keys, proxy, routes_api
+from control.workspaces import WORKSPACES
+from edge import auth, health, idle, keys, metrics, operator, proxy, routes_api, stopping
 from edge.errors import error_response
 from edge.framing import reject_ambiguous_framing
 from edge.hostpolicy import HostPolicy, split_host
@@ -100,19 +104,34 @@ def proxy_log_for(settings: Settings) -> ProxyLog:
 def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None = None) -> web.Application:
     """Build the edge: its own routes first, the session proxy as the catch-all."""
     settings = settings or Settings.from_env()
-    app = web.Application(middlewares=[reject_ambiguous_framing, host_policy], client_max_size=1024**2)
+    # Metrics first (refusals count too); the token check after the host policy (session hosts are all preview).
+    middlewares = [metrics.count_requests, reject_ambiguous_framing, host_policy, auth.require_token]
+    app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[keys.SETTINGS] = settings
     app[keys.SESSIONS] = SessionTable()
     app[keys.HOSTS] = HostPolicy(settings.public_hosts, settings.session_host_patterns)
     app[keys.PROXY_LOG] = proxy_log or proxy_log_for(settings)
     app[keys.STARTED_AT] = time.monotonic()
+    app[keys.STOP] = asyncio.Event()
     app[SOCKETS] = SocketRegistry()
     app.cleanup_ctx.extend([_client_ctx, _proxy_log_ctx, _close_sockets_on_remove])
+    stopping.setup(app)  # first on_shutdown hook: starts the drain budget's clock
     app.on_shutdown.append(_close_sockets_on_shutdown)
 
     health.setup(app)
     routes_api.setup(app)
     control_api.setup(app)
+    claude_api.setup(app)
+    # Sessions: idle watch, DynamoDB, tracker, /api/sessions (before preview.setup: cleaned up after it).
+    idle.setup(app)
+    if settings.dynamodb_table:
+        dynamo.setup(app, settings.dynamodb_table)
+    tracking.setup(app)
+    status_api.setup(app)
     preview.setup(app, RegistryLocator(app[REGISTRY], settings.workspace_path))
+    metrics.setup(app)
+    operator.setup(app)  # /_edge/: the operator page (edge.auth guards it like the API)
+    stopping.add_drain(app, app[WORKSPACES].drain)
+    stopping.setup_drain(app)  # last cleanup_ctx: running work ends before dev servers stop
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

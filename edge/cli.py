@@ -17,7 +17,21 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the edge server (the default)")
     serve.add_argument("--host", help="address to listen on (EDGE_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (PORT)")
+    demo = commands.add_parser("demo", help="try it locally: the example site, a thread and its live preview")
+    demo.add_argument("--workspace", default="workspace-demo", help="demo folder (default ./workspace-demo)")
+    demo.add_argument("--port", type=int, help="port to listen on (PORT, default 8080)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--site", help="the Astro site to start from (default examples/site)")
+    doctor = commands.add_parser("doctor", help="check git, Node, npm, the workspace and the configuration")
+    doctor.add_argument("--site", help="also check Node against this Astro site's node_modules/astro")
     args = parser.parse_args(argv)
+
+    if args.command == "doctor":
+        from pathlib import Path
+
+        from edge import doctor as doctor_command
+
+        return doctor_command.main(Path(args.site) if args.site else None, sys.stdout)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -25,6 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"edge: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "demo":
+        from pathlib import Path
+
+        from edge import demo as demo_command
+
+        site = Path(args.site) if args.site else demo_command.EXAMPLE_SITE
+        workspace = Path(args.workspace)
+        try:
+            return demo_command.main(workspace, site, demo_command.demo_settings(settings, workspace.absolute(), args.host, args.port or settings.port))
+        except (SettingsError, OSError) as exc:  # an open API beyond loopback, a port in use
+            print(f"edge demo: {exc}", file=sys.stderr)
+            return 2
     overrides = {k: v for k, v in (("host", args.__dict__.get("host")), ("port", args.__dict__.get("port"))) if v}
     if overrides:
         from dataclasses import replace
@@ -33,5 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge.server import run
 
-    run(settings)
+    try:
+        run(settings)
+    except SettingsError as exc:  # e.g. an open API beyond loopback (edge.auth.exposure_problem)
+        print(f"edge: configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0

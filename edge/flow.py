@@ -10,13 +10,16 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 
-@dataclass(frozen=True)
-class HeaderChange:
-    """One header the edge added, removed or rewrote, on one side of the exchange."""
+class HeaderChange(NamedTuple):
+    """One header the edge added, removed or rewrote, on one side of the exchange.
+
+    A named tuple: a request makes several, and a tuple is the cheapest immutable record.
+    """
 
     direction: str  # "request" (toward the upstream) or "response" (toward the client)
     action: str  # "added", "removed" or "rewritten"

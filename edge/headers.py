@@ -7,6 +7,7 @@ This is the one place that knows the header rules (hop-by-hop removal, the
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ WEBSOCKET_HANDSHAKE = frozenset(
 WEBSOCKET_OWN = WEBSOCKET_HANDSHAKE | {"connection", "upgrade"}
 # Request headers that end at the edge: the edge itself answered `Expect: 100-continue`.
 REQUEST_ONLY = frozenset({"expect"})
+REQUEST_DROP = HOP_BY_HOP | REQUEST_ONLY
 
 
 def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -65,10 +67,7 @@ def make_peer(
 ) -> Peer:
     """Who is asking, and by which public origin; ``X-Forwarded-*`` believed only from trusted proxies."""
     address = remote or ""
-    try:
-        trusted = any(ipaddress.ip_address(address) in net for net in trusted_networks)
-    except ValueError:
-        trusted = False
+    trusted = bool(trusted_networks) and _is_trusted(address, trusted_networks)
     host = headers.get("Host", "")
     scheme = request_scheme
     port = ""
@@ -81,6 +80,16 @@ def make_peer(
         _, sep, host_port = host.rpartition(":")
         port = host_port if sep and host_port.isdigit() else ("443" if scheme == "https" else "80")
     return Peer(address, trusted, scheme, host, port)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_trusted(address: str, trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    """Whether ``address`` is in a trusted network (cached: clients reuse their address)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted_networks)
 
 
 def _first(value: str | None) -> str:
@@ -108,7 +117,8 @@ def upstream_request_headers(
     cookie are removed; ``X-Forwarded-*`` are rebuilt, extending the client's
     ``X-Forwarded-For`` chain only when the peer is a trusted proxy.
     """
-    drop = HOP_BY_HOP | REQUEST_ONLY | connection_listed(client)
+    listed = connection_listed(client)
+    drop = (REQUEST_DROP | listed) if listed else REQUEST_DROP
     if websocket:
         drop = drop | WEBSOCKET_HANDSHAKE
     out: CIMultiDict[str] = CIMultiDict()
@@ -171,7 +181,8 @@ def client_response_headers(
     With ``set_cookie`` the edge's cookie is added, so that root-absolute
     requests from this page (``/@vite/client``, ``/src/...``) find the session.
     """
-    drop = HOP_BY_HOP | connection_listed(upstream)
+    listed = connection_listed(upstream)
+    drop = (HOP_BY_HOP | listed) if listed else HOP_BY_HOP
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         lower = name.lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -18,6 +19,8 @@ HOSTS = web.AppKey("hosts", HostPolicy)
 PROXY_LOG = web.AppKey("proxy_log", ProxyLog)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 STARTED_AT = web.AppKey("started_at", float)
+# Set to stop the edge gracefully (idle auto-shutdown); `serve` waits on it alongside SIGTERM/SIGINT.
+STOP = web.AppKey("stop", asyncio.Event)
 
 
 def now() -> float:

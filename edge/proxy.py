@@ -1,7 +1,8 @@
 """The reverse proxy: the one place that turns a client request into an upstream request.
 
-Bodies stream both ways (nothing is buffered whole), ``Content-Encoding``
-passes untouched, and every header change is recorded on the flow.
+Bodies stream both ways (only a small response body of known length is read
+whole, to send it with the head in one write), ``Content-Encoding`` passes
+untouched, and every header change is recorded on the flow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from edge import keys
+from edge import keys, metrics
+from edge.auth import cross_site_upgrade
 from edge.errors import error_response
 from edge.flow import ProxyFlow
 from edge.headers import Peer, client_response_headers, make_peer, upstream_host, upstream_request_headers
@@ -35,6 +37,9 @@ from edge.websocket import is_upgrade, relay_websocket
 EDGE_ROUTES = ("/api/", "/_edge/")
 EDGE_EXACT = ("/api", "/health", "/metrics", "/_edge", "/session")
 RESERVED = (*EDGE_ROUTES, "/session/")
+# Upstream bodies up to this size (with a Content-Length) are read whole and sent with the head in one write.
+SMALL_BODY = 64 * 1024
+BROKEN_STREAM = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
 
 
 def redirect(location: str) -> web.Response:
@@ -87,6 +92,11 @@ async def handle_host(request: web.Request, session_id: str) -> web.StreamRespon
 
 async def proxy_session(request: web.Request, found: Match) -> web.StreamResponse:
     """Forward a request that belongs to a session (HTTP or WebSocket) and log its flow."""
+    metrics.mark_proxied(request)
+    if is_upgrade(request):
+        refused = cross_site_upgrade(request)  # before a dev server is started or reached
+        if refused is not None:
+            return refused
     table = request.app[keys.SESSIONS]
     route = await table.lookup(found.session_id)
     if route is None:
@@ -120,6 +130,7 @@ async def proxy_session(request: web.Request, found: Match) -> web.StreamRespons
         flow.finish()
         table.touch(found.session_id)
         request.app[keys.PROXY_LOG].flow_done(flow)
+        metrics.flow_done(request.app, flow)
 
 
 def _unavailable(request: web.Request, route: Route) -> web.StreamResponse | None:
@@ -167,6 +178,7 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         flow.status = 502
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")
 
+    metrics.upstream_head(request.app, flow)
     async with upstream:
         flow.status = upstream.status
         flow.reason = upstream.reason or ""
@@ -175,22 +187,57 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         out_headers = client_response_headers(
             upstream.headers, route.target, peer, found.session_id, location_prefix(found), flow, set_cookie=set_cookie
         )
+        has_body = request.method != "HEAD" and upstream.status not in (204, 304)
+        length = upstream.content_length
+        if has_body and length is not None and length <= SMALL_BODY and "Transfer-Encoding" not in upstream.headers:
+            return await _answer_whole(request, upstream, out_headers, flow)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
         flow.response_headers = response.headers
         await response.prepare(request)
-        if request.method != "HEAD" and upstream.status not in (204, 304):
+        if has_body:
             try:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
                     flow.bytes_out += len(chunk)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
-                # The status line is sent already: the only honest signal left is to cut the connection.
-                flow.error = f"stream broke mid-body: {type(exc).__name__}"
-                if request.transport is not None:
-                    request.transport.close()
-                return response
+            except BROKEN_STREAM as exc:
+                return _cut(request, response, flow, exc)
         await response.write_eof()
         return response
+
+
+async def _answer_whole(
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], flow: ProxyFlow
+) -> web.StreamResponse:
+    """A small body of known length: read it whole and answer in one write (head and body together).
+
+    If the upstream breaks off mid-body, the client gets what streaming would
+    have given it: the head, the bytes that arrived, then a cut connection.
+    """
+    chunks: list[bytes] = []
+    try:
+        async for chunk in upstream.content.iter_any():
+            chunks.append(chunk)
+    except BROKEN_STREAM as exc:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        flow.response_headers = response.headers
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+            flow.bytes_out += len(chunk)
+        return _cut(request, response, flow, exc)
+    body = b"".join(chunks)
+    response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+    flow.response_headers = response.headers
+    flow.bytes_out = len(body)
+    return response
+
+
+def _cut(request: web.Request, response: web.StreamResponse, flow: ProxyFlow, exc: BaseException) -> web.StreamResponse:
+    """The status line is sent already: the only honest signal left is to cut the connection."""
+    flow.error = f"stream broke mid-body: {type(exc).__name__}"
+    if request.transport is not None:
+        request.transport.close()
+    return response
 
 
 async def _send(request: web.Request, url: URL, headers: CIMultiDict[str], flow: ProxyFlow) -> aiohttp.ClientResponse:

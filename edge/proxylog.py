@@ -19,6 +19,7 @@ from typing import IO, Iterable, Protocol
 from edge.flow import ProxyFlow
 
 log = logging.getLogger("edge.proxy")
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 REDACTED = "[redacted]"
 SECRET_HEADERS = frozenset(
@@ -130,8 +131,12 @@ class JsonLines:
         self.stream = stream or sys.stdout
 
     def flow_done(self, flow: ProxyFlow) -> None:
+        self.record_done(flow_record(flow))
+
+    def record_done(self, record: dict) -> None:
         try:
-            self.stream.write(json.dumps({"type": "proxy", **flow_record(flow)}, separators=(",", ":")) + "\n")
+            # The record's own encoding with "type" spliced in first: no copy of the record.
+            self.stream.write('{"type":"proxy",' + _encode(record)[1:] + "\n")
             self.stream.flush()
         except (OSError, ValueError):
             log.exception("proxy log write failed")
@@ -147,7 +152,10 @@ class Recent:
         self.records: deque[dict] = deque(maxlen=size)
 
     def flow_done(self, flow: ProxyFlow) -> None:
-        self.records.append(flow_record(flow))
+        self.record_done(flow_record(flow))
+
+    def record_done(self, record: dict) -> None:
+        self.records.append(record)
 
     def for_session(self, session_id: str, limit: int = 100) -> list[dict]:
         """The last ``limit`` records of one session, oldest first."""
@@ -174,9 +182,15 @@ class ProxyLog:
         self.addons: list[Addon] = [self.recent, *(addons or [])]
 
     def flow_done(self, flow: ProxyFlow) -> None:
+        record = None  # built once, for the addons that take the record (it is not modified)
         for addon in self.addons:
             try:
-                addon.flow_done(flow)
+                if isinstance(addon, (Recent, JsonLines)):
+                    if record is None:
+                        record = flow_record(flow)
+                    addon.record_done(record)
+                else:
+                    addon.flow_done(flow)
             except Exception:  # an addon's bug must not break the proxy
                 log.exception("proxy log addon %r failed", addon)
 

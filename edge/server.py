@@ -9,24 +9,39 @@ by the tests alike, so the tests exercise the production limits:
 * ``keepalive_timeout``: idle kept-alive connections are closed, later than a
   load balancer's idle timeout (ALB: 60 s) so it never reuses a closing one.
 * ``shutdown_timeout``: on SIGTERM or SIGINT, requests in flight get ``EDGE_DRAIN_SECONDS``
-  to finish (aiohttp then cancels them and waits as long again), within ECS's 30 s stop timeout.
+  to finish; running work shares that budget (:mod:`edge.stopping` has the order of the steps).
+* no open API beyond loopback: without ``EDGE_API_TOKEN`` the edge listens only on
+  loopback unless ``EDGE_ALLOW_NO_AUTH=1`` (:func:`edge.auth.exposure_problem`).
+
+:func:`serve` bounds the whole stop: a second signal, or a stop that runs
+``STOP_MARGIN`` seconds past the budget, ends the process at once after
+killing the dev servers' process groups (within ECS's 30 s stop timeout by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from edge import keys
 from edge.app import create_app
+from edge.auth import exposure_problem, is_loopback
 from edge.limits import ConnectionGuard, EdgeSite
 from edge.proxylog import ProxyLog
-from edge.settings import Settings
+from edge.settings import Settings, SettingsError
+from edge.stopping import STOPPING
+from preview.appkeys import PREVIEWS
 
 log = logging.getLogger("edge")
+
+# How long past EDGE_DRAIN_SECONDS stopping may take (dev servers' SIGTERM grace, flushing state).
+STOP_MARGIN = 15.0
 
 
 @dataclass(frozen=True)
@@ -43,10 +58,17 @@ class RunningEdge:
 
 
 async def start_edge(settings: Settings, *, proxy_log: ProxyLog | None = None) -> RunningEdge:
-    """Build the app and listen on ``settings.host:settings.port`` (0: any free port) with all limits."""
+    """Build the app and listen on ``settings.host:settings.port`` (0: any free port) with all limits.
+
+    Raises SettingsError rather than serve an unauthenticated API beyond loopback.
+    """
+    problem = exposure_problem(settings)
+    if problem is not None:
+        raise SettingsError(problem)
     app = create_app(settings, proxy_log=proxy_log)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=settings.drain_seconds)
     await runner.setup()
+    app[STOPPING].server = runner.server
     guard = ConnectionGuard(settings.max_connections, settings.header_timeout)
     site = EdgeSite(runner, settings.host, settings.port, guard, keepalive_timeout=settings.keepalive_timeout, access_log=None)
     try:
@@ -58,18 +80,55 @@ async def start_edge(settings: Settings, *, proxy_log: ProxyLog | None = None) -
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and stop."""
+    """Serve until SIGTERM, SIGINT or ``keys.STOP`` (idle auto-shutdown), then stop in order.
+
+    A second signal while stopping exits at once (128 + the signal's number).
+    """
     edge = await start_edge(settings)
-    log.info("edge listening on %s (workspace %s)", edge.site.name, settings.workspace_path)
-    stop = asyncio.Event()
+    app = edge.runner.app
+    stop = app[keys.STOP]  # signals and idle auto-shutdown (edge.idle) share one stop path
     loop = asyncio.get_running_loop()
+    signalled = False
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signalled
+        if signalled:
+            exit_now(app, f"second {sig.name} while stopping", 128 + sig)
+        signalled = True
+        log.info("%s received: stopping (up to %gs to drain; send it again to stop at once)", sig.name, settings.drain_seconds)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
+    log.info("edge listening on %s (workspace %s)", edge.site.name, settings.workspace_path)
+    if settings.api_token is None and not is_loopback(settings.host):
+        log.warning("EDGE_ALLOW_NO_AUTH=1: the API on %s answers anyone without a token", edge.site.name)
+    watchdog: asyncio.TimerHandle | None = None
     try:
         await stop.wait()
         log.info("edge stopping")
+        limit = settings.drain_seconds + STOP_MARGIN
+        watchdog = loop.call_later(limit, exit_now, app, f"stopping took more than {limit:g}s", 1)
     finally:
         await edge.runner.cleanup()
+        if watchdog is not None:
+            watchdog.cancel()
+    log.info("edge stopped")
+
+
+def exit_now(app: web.Application, why: str, code: int) -> None:
+    """End the process at once: SIGKILL the dev servers' process groups first (nothing outlives the edge)."""
+    log.error("%s: exiting now (exit status %d)", why, code)
+    supervisor = app.get(PREVIEWS)
+    if supervisor is not None:
+        for preview in list(supervisor.previews.values()):
+            if preview.process is not None:
+                preview.process.kill_now()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run(settings: Settings) -> None:

@@ -31,6 +31,18 @@ CHILD_ENV_ALLOWLIST = (
 )
 
 
+# Variables the Claude executors may need (and only they): Anthropic's key and
+# AWS credentials for Bedrock. Given to the claude-code child only when it uses them.
+CLAUDE_ENV_ALLOWLIST = (
+    "ANTHROPIC_API_KEY", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME",
+)
+CLAUDE_EXECUTORS = ("simulation", "claude-code", "bedrock")
+
+
 class SettingsError(ValueError):
     """A variable has a value the edge cannot use; the message names it."""
 
@@ -72,6 +84,12 @@ def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[ipaddres
         raise SettingsError(f"{name}: {exc}") from None
 
 
+def _container_id(env: Mapping[str, str]) -> str:
+    """ECS's container id (the last segment of the task metadata URI), else HOSTNAME."""
+    metadata = (env.get("ECS_CONTAINER_METADATA_URI_V4") or "").rstrip("/")
+    return metadata.rsplit("/", 1)[-1] if metadata else env.get("HOSTNAME") or ""
+
+
 def _default_workspace() -> Path:
     return Path.cwd() / "workspace"
 
@@ -102,6 +120,7 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     allow_no_auth: bool = False
     drain_seconds: float = 10.0
+    container: bool = False  # EDGE_CONTAINER=1 (set by the Dockerfile): GITHUB_TOKEN is required
 
     # Workspaces and git
     workspace_path: Path = field(default_factory=_default_workspace)
@@ -131,6 +150,23 @@ class Settings:
     # Operations
     auto_shutdown_minutes: float = 20.0
     dynamodb_table: str | None = None
+    dynamodb_heartbeat_seconds: float = 60.0
+    container_id: str = ""  # in DynamoDB items: the ECS task's container (metadata URI basename) or HOSTNAME
+
+    # Claude (control.executors)
+    claude_executor: str = "simulation"
+    claude_model: str | None = None
+    claude_cli: str = "claude"
+    claude_allow_shell: bool = False
+    claude_max_turns: int = 30
+    claude_use_bedrock: bool = False  # claude-code talks to Bedrock (CLAUDE_CODE_USE_BEDROCK)
+    execution_timeout: float = 600.0
+    bedrock_model_id: str = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+    bedrock_endpoint_url: str | None = None
+    bedrock_max_attempts: int = 5
+    aws_region: str | None = None
+    plan_ttl_seconds: float = 3600.0
+    claude_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -154,6 +190,7 @@ class Settings:
             api_token=env.get("EDGE_API_TOKEN") or None,
             allow_no_auth=_bool(env, "EDGE_ALLOW_NO_AUTH", False),
             drain_seconds=_number(env, "EDGE_DRAIN_SECONDS", cls.drain_seconds),
+            container=_bool(env, "EDGE_CONTAINER", False),
             workspace_path=Path(workspace) if workspace else _default_workspace(),
             github_token=env.get("GITHUB_TOKEN") or None,
             default_client_id=env.get("DEFAULT_CLIENT_ID") or cls.default_client_id,
@@ -175,9 +212,26 @@ class Settings:
             child_env=tuple((name, env[name]) for name in CHILD_ENV_ALLOWLIST if env.get(name)),
             auto_shutdown_minutes=_number(env, "AUTO_SHUTDOWN_MINUTES", cls.auto_shutdown_minutes),
             dynamodb_table=env.get("DYNAMODB_TABLE") or None,
+            dynamodb_heartbeat_seconds=_number(env, "DYNAMODB_HEARTBEAT_SECONDS", cls.dynamodb_heartbeat_seconds),
+            container_id=_container_id(env),
+            claude_executor=(env.get("CLAUDE_EXECUTOR") or cls.claude_executor).strip().lower(),
+            claude_model=env.get("CLAUDE_MODEL") or None,
+            claude_cli=env.get("CLAUDE_CLI") or cls.claude_cli,
+            claude_allow_shell=_bool(env, "CLAUDE_ALLOW_SHELL", False),
+            claude_max_turns=int(_number(env, "CLAUDE_MAX_TURNS", cls.claude_max_turns, int)),
+            claude_use_bedrock=_bool(env, "CLAUDE_CODE_USE_BEDROCK", False),
+            execution_timeout=_number(env, "EXECUTION_TIMEOUT", cls.execution_timeout),
+            bedrock_model_id=env.get("BEDROCK_MODEL_ID") or cls.bedrock_model_id,
+            bedrock_endpoint_url=env.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME") or None,
+            bedrock_max_attempts=int(_number(env, "BEDROCK_MAX_ATTEMPTS", cls.bedrock_max_attempts, int)),
+            aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            plan_ttl_seconds=_number(env, "PLAN_TTL_SECONDS", cls.plan_ttl_seconds),
+            claude_env=tuple((name, env[name]) for name in CLAUDE_ENV_ALLOWLIST if env.get(name)),
         )
         if not 0 < settings.port < 65536:
             raise SettingsError(f"PORT={settings.port} is not a TCP port")
+        if settings.claude_executor not in CLAUDE_EXECUTORS:
+            raise SettingsError(f"CLAUDE_EXECUTOR={settings.claude_executor!r} is not one of {', '.join(CLAUDE_EXECUTORS)}")
         for pattern in settings.session_host_patterns:
             if pattern.count("{session}") != 1:
                 raise SettingsError(f"EDGE_SESSION_HOSTS: {pattern!r} must contain {{session}} once")

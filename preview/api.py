@@ -55,24 +55,24 @@ def _answer(supervisor: PreviewSupervisor, preview: Preview) -> web.Response:
     return web.json_response({"success": True, **status}, status=200 if preview.state is PreviewState.READY else 202)
 
 
-async def start(request: web.Request) -> web.Response:
+async def _run(request: web.Request, action: str) -> web.Response:
+    """Start or restart a thread's preview, waiting for it as the request asks."""
     supervisor, thread, session = _thread(request)
     folder = _folder(supervisor, thread, session)
+    launch = supervisor.restart if action == "restart" else supervisor.start
     try:
-        preview = await supervisor.start(session, folder, _wait(request))
+        preview = await launch(session, folder, _wait(request))
     except PreviewError as exc:
         raise json_error(503, str(exc)) from None
     return _answer(supervisor, preview)
+
+
+async def start(request: web.Request) -> web.Response:
+    return await _run(request, "start")
 
 
 async def restart(request: web.Request) -> web.Response:
-    supervisor, thread, session = _thread(request)
-    folder = _folder(supervisor, thread, session)
-    try:
-        preview = await supervisor.restart(session, folder, _wait(request))
-    except PreviewError as exc:
-        raise json_error(503, str(exc)) from None
-    return _answer(supervisor, preview)
+    return await _run(request, "restart")
 
 
 async def stop(request: web.Request) -> web.Response:

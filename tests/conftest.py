@@ -17,7 +17,7 @@ from edge.proxylog import ProxyLog
 from edge.server import start_edge
 from edge.settings import Settings
 
-pytest_plugins: list[str] = ["tests.fixtures_rawhttp", "tests.fixtures_astro", "tests.fixtures_browser", "tests.fixtures_preview", "tests.fixtures_git"]
+pytest_plugins: list[str] = ["tests.fixtures_rawhttp", "tests.fixtures_astro", "tests.fixtures_browser", "tests.fixtures_preview", "tests.fixtures_git", "tests.fixtures_dynamodb", "tests.fixtures_claude"]
 
 
 def free_port() -> int:

@@ -1,7 +1,9 @@
 """Fixtures for the preview supervisor: real threads in a real workspace, a real edge.
 
 Threads are copies of examples/site (``astro_site``) placed where control/
-keeps them: ``WORKSPACE_PATH/<client>/<user>/threads/<thread>``.
+keeps them, ``WORKSPACE_PATH/<client>/<user>/threads/<thread>``, and entered
+in control's session registry as ``/api/init`` would, so their previews have
+the real session ids (``session_id_for``) and open from a bare URL.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
+from control.ids import thread_branch
+from control.sessions import SessionRegistry, ThreadSession, session_id_for
 from edge.settings import Settings
 from preview.procs import group_members
 from tests.conftest import RunningServer, free_port
@@ -42,17 +46,39 @@ class Thread:
     def ids(self) -> str:
         return f"{self.client_id}/{self.user_id}/{self.thread_id}"
 
+    @property
+    def session_id(self) -> str:
+        """The session that previews this thread (``/session/<id>/``)."""
+        return session_id_for(self.client_id, self.user_id, self.thread_id)
+
 
 ThreadFactory = Callable[..., Thread]
 
 
 @pytest.fixture
 def make_thread(astro_site, settings: Settings, tmp_path: Path) -> ThreadFactory:
-    """``make_thread("t1", version="5")``: a thread folder with node_modules, in the workspace."""
+    """``make_thread("t1", version="5")``: a registered thread folder with node_modules, in the workspace.
+
+    Make threads before starting the edge: it reads the registry when it starts.
+    """
 
     def make(thread_id: str, version: str = "5", client_id: str = "c1", user_id: str = "u1") -> Thread:
         relative = settings.workspace_path.relative_to(tmp_path) / client_id / user_id / "threads" / thread_id
-        return Thread(client_id, user_id, thread_id, astro_site(version, str(relative)))
+        thread = Thread(client_id, user_id, thread_id, astro_site(version, str(relative)))
+        now = time.time()
+        entry = ThreadSession(
+            session_id=thread.session_id,
+            client_id=client_id,
+            user_id=user_id,
+            thread_id=thread_id,
+            branch=thread_branch(thread_id),
+            repo_url="",  # a copy of examples/site, not a clone
+            worktree=str(thread.path.absolute()),
+            created=now,
+            updated=now,
+        )
+        SessionRegistry(settings.workspace_path).put(entry)
+        return thread
 
     return make
 

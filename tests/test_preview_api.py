@@ -82,6 +82,6 @@ async def test_logs_survive_in_the_log_file(preview_edge, make_thread, settings)
     edge = await preview_edge()
     await edge.api("POST", "start", thread)
     await edge.api("POST", "stop", thread)
-    log_file = settings.workspace_path / ".edge" / "logs" / "t1.log"
+    log_file = settings.workspace_path / ".edge" / "logs" / f"{thread.session_id}.log"
     text = log_file.read_text()
     assert "starting Astro" in text and "stopping: stop requested" in text

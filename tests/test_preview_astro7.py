@@ -39,7 +39,7 @@ async def test_astro7_starts_with_node22_despite_a_lock_of_a_live_astro(preview_
     assert status == 200, body
     assert body["astroVersion"].startswith("7.")
     assert body["nodeVersion"].startswith("22.")
-    code, page, _ = await edge.get("/session/seven/")
+    code, page, _ = await edge.get(f"/session/{thread.session_id}/")
     assert code == 200 and "Welcome to Amelia" in page
     assert json.loads(lock.read_text())["pid"] == astro_lookalike  # the other server's lock is left alone
 

@@ -31,15 +31,15 @@ async def eventually(page, script: str, what: str, timeout: float = DEADLINE, co
 async def test_a_stopped_thread_opens_in_chromium_and_edits_show_live(preview_edge, make_thread, page):
     thread = make_thread("t1")
     edge = await preview_edge()
-    assert edge.supervisor.get("t1") is None
-    public = f"http://{PUBLIC_HOST}:{edge.server.port}/session/t1/"
+    assert edge.supervisor.get(thread.session_id) is None
+    public = f"http://{PUBLIC_HOST}:{edge.server.port}/session/{thread.session_id}/"
     browser_page = page.page
 
     first = await browser_page.goto(public)
     assert first is not None and first.status == 503  # "Starting preview…", refreshing itself
     await eventually(browser_page, "() => document.querySelector('h1')?.textContent === \"Welcome to Amelia's site\"", "the page")
     await eventually(browser_page, "() => true", "a settled page")
-    assert edge.supervisor.status("t1")["state"] == "ready"
+    assert edge.supervisor.status(thread.session_id)["state"] == "ready"
 
     async def hmr_open() -> bool:
         return any("?token=" in ws.url and not ws.is_closed() for ws in page.websockets)
@@ -82,7 +82,7 @@ async def test_a_stopped_thread_opens_in_chromium_and_edits_show_live(preview_ed
         browser_page,
         "() => window.__beforeStop === undefined && document.querySelector('h1')?.textContent === 'Edited live by Claude'",
         "the page to come back after the stop",
-        context=lambda: f"preview {edge.supervisor.status('t1')}; console {page.console_messages[-15:]}",
+        context=lambda: f"preview {edge.supervisor.status(thread.session_id)}; console {page.console_messages[-15:]}",
     )
-    assert edge.supervisor.status("t1")["state"] == "ready"
+    assert edge.supervisor.status(thread.session_id)["state"] == "ready"
     assert browser_page.url == public

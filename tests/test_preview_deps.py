@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from control.sessions import session_id_for
 from preview.deps import STORE_MARK, git_common_dir, store_key
 from tests.fixtures_astro import EXAMPLE_SITE
 
@@ -38,17 +39,18 @@ def repository_with_threads(workspace: Path, *threads: str) -> dict[str, Path]:
 
 
 async def test_threads_with_the_same_lockfile_share_one_install(preview_edge, settings):
-    folders = repository_with_threads(settings.workspace_path, "t1", "t2")
+    folders = repository_with_threads(settings.workspace_path, "t1", "t2")  # not registered by /api/init
+    one, two = session_id_for("c1", "u1", "t1"), session_id_for("c1", "u1", "t2")
     edge = await preview_edge()
 
     status, body = await edge.api("POST", "start", "c1/u1/t1", wait="0")
     assert status == 202 and body["state"] in ("starting", "installing")
-    await edge.wait_state("t1", {"installing", "ready", "failed"})
-    first = await edge.wait_state("t1", {"ready", "failed"}, timeout=300)
+    await edge.wait_state(one, {"installing", "ready", "failed"})
+    first = await edge.wait_state(one, {"ready", "failed"}, timeout=300)
     assert first["state"] == "ready", first
     assert first["dependencies"] == "installed"
     assert edge.supervisor.deps.installs == 1
-    assert any("npm ci" in line for line in edge.supervisor.get("t1").log.tail(400))
+    assert any("npm ci" in line for line in edge.supervisor.get(one).log.tail(400))
 
     status, second = await edge.api("POST", "start", "c1/u1/t2")
     assert status == 200, second
@@ -69,7 +71,7 @@ async def test_threads_with_the_same_lockfile_share_one_install(preview_edge, se
     for folder in folders.values():
         assert git(folder, "status", "--porcelain") == ""
 
-    code, page, _ = await edge.get("/session/t2/")
+    code, page, _ = await edge.get(f"/session/{two}/")
     assert code == 200 and "Welcome to Amelia" in page
 
 

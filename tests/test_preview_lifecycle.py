@@ -28,27 +28,27 @@ async def test_start_ready_stop_restart(preview_edge, make_thread):
     status, body = await edge.api("POST", "start", thread)
     assert status == 200, body
     assert body["success"] is True and body["state"] == "ready"
-    assert body["url"] == "/session/t1/"
+    assert body["url"] == f"/session/{thread.session_id}/"
     first_pid = body["pid"]
     assert group_members(first_pid)
     assert first_pid in processes_in(thread.path)
 
-    code, page, headers = await edge.get("/session/t1/", Accept="text/html")
+    code, page, headers = await edge.get(f"/session/{thread.session_id}/", Accept="text/html")
     assert code == 200
     assert "Welcome to Amelia&#39;s site" in page or "Welcome to Amelia's site" in page
-    assert headers["X-Edge-Session"] == "t1"
+    assert headers["X-Edge-Session"] == thread.session_id
 
     status, body = await edge.api("POST", "stop", thread)
     assert (status, body["success"], body["state"], body["wasRunning"]) == (200, True, "stopped", True)
     assert group_gone(first_pid)
     assert processes_in(thread.path) == []
-    assert edge.supervisor.status("t1")["state"] == "stopped"
-    assert edge.server.app[keys.SESSIONS].get("t1") is None
+    assert edge.supervisor.status(thread.session_id)["state"] == "stopped"
+    assert edge.server.app[keys.SESSIONS].get(thread.session_id) is None
 
     status, body = await edge.api("POST", "restart", thread)
     assert status == 200 and body["state"] == "ready", body
     assert body["pid"] != first_pid
-    code, _, _ = await edge.get("/session/t1/")
+    code, _, _ = await edge.get(f"/session/{thread.session_id}/")
     assert code == 200
 
 
@@ -61,11 +61,11 @@ async def test_two_threads_run_at_once_with_their_own_content(preview_edge, make
     for thread in (one, two):
         status, body = await edge.api("POST", "start", thread)
         assert status == 200, body
-    ports = {edge.supervisor.status(t)["port"] for t in ("one", "two")}
+    ports = {edge.supervisor.status(t.session_id)["port"] for t in (one, two)}
     assert len(ports) == 2
 
-    _, page_one, _ = await edge.get("/session/one/")
-    _, page_two, _ = await edge.get("/session/two/")
+    _, page_one, _ = await edge.get(f"/session/{one.session_id}/")
+    _, page_two, _ = await edge.get(f"/session/{two.session_id}/")
     assert "Thread one heading" in page_one and "Thread two heading" not in page_one
     assert "Thread two heading" in page_two and "Thread one heading" not in page_two
 
@@ -79,13 +79,13 @@ async def test_a_killed_dev_server_is_restarted_and_serves_again(preview_edge, m
 
     os.kill(old_pid, signal.SIGKILL)
 
-    await wait_until(lambda: edge.supervisor.status("t1")["state"] != "ready", 30, "the crash to be noticed")
-    status = await edge.wait_state("t1", {"ready", "failed"})
+    await wait_until(lambda: edge.supervisor.status(thread.session_id)["state"] != "ready", 30, "the crash to be noticed")
+    status = await edge.wait_state(thread.session_id, {"ready", "failed"})
     assert status["state"] == "ready", status
     assert status["pid"] != old_pid
     assert status["restarts"] == 1
     assert group_gone(old_pid)
-    code, page, _ = await edge.get("/session/t1/")
+    code, page, _ = await edge.get(f"/session/{thread.session_id}/")
     assert code == 200 and "Amelia" in page
 
 
@@ -101,7 +101,7 @@ async def test_a_broken_config_fails_with_the_error_in_the_status(preview_edge, 
     assert "exited with code" in body["error"]
     assert any("broken config on purpose" in line for line in body["logTail"])
     assert body["pid"] is None
-    code, page, _ = await edge.get("/session/broken/", Accept="text/html")
+    code, page, _ = await edge.get(f"/session/{thread.session_id}/", Accept="text/html")
     assert code == 502
     assert "broken config on purpose" in page
 
@@ -112,9 +112,9 @@ async def test_an_idle_preview_is_stopped(preview_edge, make_thread):
     status, body = await edge.api("POST", "start", thread)
     assert status == 200, body
 
-    await edge.wait_state("sleepy", {"stopped"}, timeout=30)
+    await edge.wait_state(thread.session_id, {"stopped"}, timeout=30)
     assert group_gone(body["pid"])
-    assert "idle" in "\n".join(edge.supervisor.get("sleepy").log.tail(5))
+    assert "idle" in "\n".join(edge.supervisor.get(thread.session_id).log.tail(5))
 
 
 async def test_max_previews_stops_the_least_recently_used(preview_edge, make_thread):
@@ -126,10 +126,10 @@ async def test_max_previews_stops_the_least_recently_used(preview_edge, make_thr
     status, second_body = await edge.api("POST", "start", second)
 
     assert status == 200, second_body
-    assert edge.supervisor.status("first")["state"] == "stopped"
+    assert edge.supervisor.status(first.session_id)["state"] == "stopped"
     assert group_gone(body["pid"])
     assert edge.supervisor.counts()["ready"] == 1
-    assert "MAX_PREVIEWS" in "\n".join(edge.supervisor.get("first").log.tail(5))
+    assert "MAX_PREVIEWS" in "\n".join(edge.supervisor.get(first.session_id).log.tail(5))
 
 
 async def test_the_health_check_counts_previews_by_state(preview_edge, make_thread):
@@ -165,7 +165,7 @@ async def test_a_start_that_takes_too_long_fails_and_leaves_no_process(preview_e
     assert status == 500 and body["state"] == "failed"
     assert "did not answer GET / within 0.3s" in body["error"]
     assert any("starting Astro" in line for line in body["logTail"])
-    spawned = [line for line in edge.supervisor.get("slow").log.tail(400) if "starting Astro" in line]
+    spawned = [line for line in edge.supervisor.get(thread.session_id).log.tail(400) if "starting Astro" in line]
     assert len(spawned) == 1
     assert edge.supervisor.ports.held == frozenset()
     assert processes_in(thread.path) == []

@@ -6,12 +6,13 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from edge.server import start_edge
-from preview import PREVIEWS, FunctionLocator
+from preview import PREVIEWS, ThreadRef
 from tests.conftest import free_port
 from tests.fixtures_preview import group_gone, processes_in, wait_until, with_settings
 
@@ -19,23 +20,23 @@ pytestmark = pytest.mark.astro
 
 
 async def test_a_stopped_thread_starts_on_the_first_request(preview_edge, make_thread):
-    make_thread("t1")
+    thread = make_thread("t1")
     edge = await preview_edge()
 
-    code, page, headers = await edge.get("/session/t1/", Accept="text/html")
+    code, page, headers = await edge.get(f"/session/{thread.session_id}/", Accept="text/html")
     assert code == 503
     assert headers["Retry-After"] == "2"
     assert '<meta http-equiv="refresh"' in page
     assert "Starting preview" in page
 
-    code, body, _ = await edge.get("/session/t1/", Accept="application/json")
+    code, body, _ = await edge.get(f"/session/{thread.session_id}/", Accept="application/json")
     assert code in (200, 503)
     if code == 503:
         assert '"state": "starting"' in body
 
     deadline = asyncio.get_running_loop().time() + 120
     while True:
-        code, page, _ = await edge.get("/session/t1/", Accept="text/html")
+        code, page, _ = await edge.get(f"/session/{thread.session_id}/", Accept="text/html")
         if code == 200:
             break
         assert code == 503, page
@@ -45,14 +46,14 @@ async def test_a_stopped_thread_starts_on_the_first_request(preview_edge, make_t
 
 
 async def test_concurrent_first_requests_start_one_dev_server(preview_edge, make_thread):
-    make_thread("t1")
+    thread = make_thread("t1")
     edge = await preview_edge()
 
-    answers = await asyncio.gather(*(edge.get("/session/t1/") for _ in range(8)))
+    answers = await asyncio.gather(*(edge.get(f"/session/{thread.session_id}/") for _ in range(8)))
 
     assert {code for code, _, _ in answers} == {503}
-    await edge.wait_state("t1", {"ready"})
-    starts = [line for line in edge.supervisor.get("t1").log.tail(400) if "starting Astro" in line]
+    await edge.wait_state(thread.session_id, {"ready"})
+    starts = [line for line in edge.supervisor.get(thread.session_id).log.tail(400) if "starting Astro" in line]
     assert len(starts) == 1
 
 
@@ -64,16 +65,15 @@ async def test_an_unknown_session_is_not_found(preview_edge):
 
 
 async def test_no_dev_server_outlives_the_app(settings, make_thread):
-    make_thread("a")
-    make_thread("b")
+    threads = [make_thread("a"), make_thread("b")]
     running = await start_edge(with_settings(settings, port=0))
     try:
         supervisor = running.runner.app[PREVIEWS]
         async with aiohttp.ClientSession() as client:
-            for ids in ("c1/u1/a", "c1/u1/b"):
-                async with client.post(f"http://127.0.0.1:{running.port}/api/astro/start/{ids}") as resp:
+            for thread in threads:
+                async with client.post(f"http://127.0.0.1:{running.port}/api/astro/start/{thread.ids}") as resp:
                     assert resp.status == 200, await resp.text()
-        pgids = [supervisor.status(sid)["pid"] for sid in ("a", "b")]
+        pgids = [supervisor.status(thread.session_id)["pid"] for thread in threads]
         assert all(not group_gone(pgid) for pgid in pgids)
     finally:
         await running.runner.cleanup()
@@ -130,20 +130,30 @@ async def test_no_dev_server_outlives_a_signalled_edge(settings, make_thread, ed
             await process.wait()
 
 
+class OneThreadLocator:
+    """A locator that knows one thread, under a session id of its own."""
+
+    def __init__(self, folder: Path, session: str) -> None:
+        self._folder, self._session = folder, session
+
+    def session_id(self, thread: ThreadRef) -> str:
+        return self._session
+
+    def folder(self, session_id: str) -> Path | None:
+        return self._folder if session_id == self._session else None
+
+
 async def test_a_swapped_locator_maps_sessions_to_folders(preview_edge, make_thread):
     thread = make_thread("t1")
     edge = await preview_edge()
-    edge.supervisor.locator = FunctionLocator(
-        session_id=lambda ref: f"{ref.thread_id}-0123456789",
-        folder=lambda sid: thread.path if sid == "t1-0123456789" else None,
-    )
+    edge.supervisor.locator = OneThreadLocator(thread.path, "t1-0123456789")
 
     status, body = await edge.api("POST", "start", thread)
     assert status == 200 and body["sessionId"] == "t1-0123456789", body
     code, page, _ = await edge.get("/session/t1-0123456789/")
     assert code == 200 and "Welcome to Amelia" in page
-    code, _, _ = await edge.get("/session/t1/", Accept="application/json")
-    assert code == 404  # the default mapping (session = thread id) is gone
+    code, _, _ = await edge.get(f"/session/{thread.session_id}/", Accept="application/json")
+    assert code == 404  # the registry's mapping is gone
 
 
 async def test_requests_during_a_stop_start_one_new_server_after_it(preview_edge, make_thread):
@@ -152,18 +162,18 @@ async def test_requests_during_a_stop_start_one_new_server_after_it(preview_edge
     status, body = await edge.api("POST", "start", thread)
     assert status == 200, body
     supervisor = edge.supervisor
-    preview = supervisor.get("t1")
+    preview = supervisor.get(thread.session_id)
 
-    stopping = asyncio.create_task(supervisor.stop("t1", "test"))
+    stopping = asyncio.create_task(supervisor.stop(thread.session_id, "test"))
     await asyncio.sleep(0)  # the stop begins: the old task is cancelled, its process still there
     assert preview.stopping
     # A browser's HMR client pings right away, and again: neither may start a second server.
-    routes = [await supervisor.provide("t1"), await supervisor.provide("t1")]
+    routes = [await supervisor.provide(thread.session_id), await supervisor.provide(thread.session_id)]
     assert {route.state.value for route in routes} == {"starting"}
     assert preview.task is None  # nothing started while the old process is still there
     await stopping
 
-    status = await edge.wait_state("t1", {"ready", "failed"})
+    status = await edge.wait_state(thread.session_id, {"ready", "failed"})
     assert status["state"] == "ready" and status["pid"] != body["pid"]
     assert group_gone(body["pid"])
     starts = [line for line in preview.log.tail(400) if "starting Astro" in line]

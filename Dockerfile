@@ -1,0 +1,66 @@
+# webordinary edge: one container per client (ECS Fargate), workspaces on EFS at /workspace.
+#
+# Stages:
+#   node     the official Node 22 image; only its node binary and npm are copied
+#            (Astro 6/7 need Node >= 22.12; Debian bookworm's own nodejs is 18).
+#   builder  `pip install .` into /opt/venv (no pip, no build files in the result).
+#   final    Python 3.11 (the version CI tests), git, tini, Node 22, the venv; user edge (uid 1000).
+# Both Python and Node images are Debian bookworm, so the node binary finds the same glibc/libstdc++.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:22-bookworm-slim
+
+FROM ${NODE_IMAGE} AS node
+
+FROM ${PYTHON_IMAGE} AS builder
+WORKDIR /src
+# A venv without pip: the base image's pip installs into it (--python), so neither pip nor
+# setuptools end up in the final image.
+RUN python -m venv --without-pip /opt/venv
+COPY pyproject.toml README.md ./
+COPY edge ./edge
+COPY control ./control
+COPY preview ./preview
+RUN pip --python /opt/venv/bin/python install --no-cache-dir --disable-pip-version-check .
+
+FROM ${PYTHON_IMAGE}
+# git: the control API's clones and worktrees; tini: PID 1 that forwards signals and reaps;
+# util-linux (setpriv --pdeathsig: dev servers die with the edge) is already in the base image,
+# listed so that stays true.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git tini util-linux ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 1000 --user-group --create-home --home-dir /home/edge --shell /usr/sbin/nologin edge \
+    && install -d -o edge -g edge -m 0755 /workspace
+
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
+COPY --from=node /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+    && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
+    && node --version && npm --version
+
+COPY --from=builder /opt/venv /opt/venv
+COPY --chmod=0755 entrypoint.sh /app/entrypoint.sh
+
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/home/edge \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    EDGE_CONTAINER=1 \
+    EDGE_HOST=0.0.0.0 \
+    PORT=8080 \
+    WORKSPACE_PATH=/workspace \
+    NODE_BINARY=/usr/local/bin/node \
+    NPM_CONFIG_UPDATE_NOTIFIER=false \
+    NPM_CONFIG_FUND=false
+
+USER 1000:1000
+WORKDIR /app
+EXPOSE 8080
+
+# /health answers any Host; a loopback request needs neither curl nor the API token.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8080'), timeout=4)"]
+
+ENTRYPOINT ["tini", "--", "/app/entrypoint.sh"]

@@ -1,0 +1,425 @@
+"""Claude runs on threads: one at a time per thread, progress events, plans awaiting approval.
+
+A run is a task of its own (not the HTTP handler's), so a client that goes
+away does not stop it; clients follow its events (``Run.follow``) or await
+its end. The executor works under the thread's lock and inside
+EXECUTION_TIMEOUT; a cancel stops only the executor (its process group ends,
+files stay as last written) and never a commit in progress. After a
+successful run with autoCommit, the changes are committed by
+``gitops.commit`` (Thread-ID trailer, push with GIT_AUTO_PUSH) once the
+executor has released the lock; the thread stays busy (409) until then.
+
+Each run is recorded in the thread context file (unknown keys kept): the
+instruction, mode, summary, files, commit and timings, and for claude-code
+the agent's session id, which the next run resumes (``--resume``).
+
+Plans live in memory (an edge restart forgets them: 404): a random,
+single-use token that expires after PLAN_TTL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from aiohttp import web
+
+from control import gitops
+from control.errors import ControlError
+from control.executors import Executor, ExecutionError, RunRequest, RunResult
+from control.jsonfile import read_json_object, write_json_atomic
+from control.sessions import session_id_for
+from control.workspaces import Workspaces
+
+log = logging.getLogger("edge.control.runs")
+
+MAX_HISTORY = 50  # instructions kept in the context file
+PROMPT_HISTORY = 5  # instructions summarised in the next prompt
+COMMIT_SUBJECT = 72
+
+# Instructions that delete or reset get a plan first (the owner approves it). Deliberately
+# broad: asking once too often costs a click, deleting without asking can cost a site.
+DESTRUCTIVE = re.compile(
+    r"\b(delete|deletes|deleting|remove|removes|removing|erase|wipe|reset|revert|drop|destroy|purge|truncate|rm)\b",
+    re.IGNORECASE,
+)
+
+
+def is_destructive(instruction: str) -> bool:
+    return DESTRUCTIVE.search(instruction) is not None
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def commit_message(instruction: str) -> str:
+    line = " ".join(instruction.split())
+    budget = COMMIT_SUBJECT - len("Claude: ")
+    return "Claude: " + (line if len(line) <= budget else line[: budget - 1].rstrip() + "…")
+
+
+@dataclass
+class Run:
+    """One execution on one thread, and the events it produced so far."""
+
+    run_id: str
+    client_id: str
+    user_id: str
+    thread_id: str
+    instruction: str
+    plan_only: bool
+    auto_commit: bool
+    approved_plan: str | None = None
+    started: float = field(default_factory=time.time)
+    events: list[dict] = field(default_factory=list)
+    result: dict | None = None
+    task: asyncio.Task | None = None
+    exec_task: asyncio.Task | None = None
+    cancel_requested: bool = False
+    failure_status: int = 502  # the HTTP status of a failed run: 504 timeout, 409 cancelled
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.client_id, self.user_id, self.thread_id)
+
+    def emit(self, event: dict) -> None:
+        self.events.append({"seq": len(self.events), "time": time.time(), "runId": self.run_id, **event})
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def follow(self) -> AsyncIterator[dict]:
+        """Every event from the first, then each new one, until the run is over."""
+        seen = 0
+        while True:
+            wake = self._wake
+            while seen < len(self.events):
+                seen += 1
+                yield self.events[seen - 1]
+            if self.result is not None:
+                return
+            await wake.wait()
+
+    def cancel(self) -> bool:
+        """Stop the executor (not a commit in progress); False when there is nothing to stop."""
+        if self.result is not None or self.cancel_requested:
+            return False
+        self.cancel_requested = True
+        if self.exec_task is not None:
+            self.exec_task.cancel()
+        return True
+
+
+@dataclass
+class Plan:
+    token: str
+    client_id: str
+    user_id: str
+    thread_id: str
+    instruction: str
+    plan: str
+    auto_commit: bool
+    created: float
+    expires: float
+    used: bool = False
+
+
+class PlanStore:
+    """Plans awaiting approval, by a random single-use token."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._plans: dict[str, Plan] = {}
+
+    def add(self, run: Run, plan: str) -> Plan:
+        self._prune()
+        now = time.time()
+        entry = Plan(
+            secrets.token_urlsafe(24), run.client_id, run.user_id, run.thread_id,
+            run.instruction, plan, run.auto_commit, now, now + self.ttl,
+        )
+        self._plans[entry.token] = entry
+        return entry
+
+    def get(self, token: object, key: tuple[str, str, str]) -> Plan:
+        """The usable plan of this thread; 404 unknown (or another thread's), 410 used or expired."""
+        plan = self._plans.get(token) if isinstance(token, str) else None
+        if plan is None or (plan.client_id, plan.user_id, plan.thread_id) != key:
+            raise ControlError(404, "unknown approvalToken (plans are kept in memory: it may predate a restart)")
+        if plan.used:
+            raise ControlError(410, "this approvalToken was already used (approved or rejected)")
+        if time.time() >= plan.expires:
+            raise ControlError(410, "this approvalToken has expired; ask for a new plan", expiredAt=iso(plan.expires))
+        return plan
+
+    def _prune(self) -> None:
+        # Used and expired tokens are kept a while longer so that they answer 410, not 404.
+        horizon = time.time() - max(self.ttl, 600.0)
+        for token in [t for t, p in self._plans.items() if p.expires < horizon]:
+            del self._plans[token]
+
+
+class Runner:
+    """Starts runs, keeps the running one per thread, records them, commits their changes."""
+
+    def __init__(self, ws: Workspaces, executor: Executor) -> None:
+        self.ws = ws
+        self.settings = ws.settings
+        self.executor = executor
+        self.plans = PlanStore(self.settings.plan_ttl_seconds)
+        self._active: dict[tuple[str, str, str], Run] = {}
+        self._tasks: set[asyncio.Task] = set()
+        # Told of each finished run (mode, success, seconds): the edge's metrics.
+        self.observer: Callable[[str, bool, float], None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether any run is still going (idle shutdown waits for it)."""
+        return bool(self._tasks)
+
+    def active(self, client_id: str, user_id: str, thread_id: str) -> Run | None:
+        return self._active.get((client_id, user_id, thread_id))
+
+    def check_idle(self, client_id: str, user_id: str, thread_id: str) -> None:
+        running = self.active(client_id, user_id, thread_id)
+        if running is not None:
+            raise ControlError(
+                409,
+                "Claude is already working on this thread; wait for it, or cancel it",
+                startedAt=iso(running.started),
+                runId=running.run_id,
+                instruction=running.instruction[:200],
+            )
+
+    def start(
+        self, client_id: str, user_id: str, thread_id: str, instruction: str, *,
+        plan_only: bool = False, auto_commit: bool = True, approved_plan: str | None = None,
+    ) -> Run:
+        """Start a run now (synchronously claims the thread: a second start gets 409)."""
+        self.check_idle(client_id, user_id, thread_id)
+        run = Run(secrets.token_hex(8), client_id, user_id, thread_id, instruction, plan_only, auto_commit, approved_plan)
+        self._active[run.key] = run
+        run.task = asyncio.ensure_future(self._run(run))
+        self._tasks.add(run.task)
+        run.task.add_done_callback(self._tasks.discard)
+        return run
+
+    def approve(self, token: object, key: tuple[str, str, str]) -> Run:
+        """Execute exactly the stored plan (the token is spent only when the run starts)."""
+        plan = self.plans.get(token, key)
+        self.check_idle(*key)
+        plan.used = True
+        return self.start(*key, plan.instruction, auto_commit=plan.auto_commit, approved_plan=plan.plan)
+
+    def reject(self, token: object, key: tuple[str, str, str]) -> Plan:
+        plan = self.plans.get(token, key)
+        plan.used = True
+        return plan
+
+    async def drain(self, timeout: float) -> None:
+        """At shutdown: let runs finish, then cancel the rest (their processes end with them)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if pending:
+            for run in list(self._active.values()):
+                run.cancel()
+            _, pending = await asyncio.wait(pending, timeout=10)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    # The run itself --------------------------------------------------------
+
+    async def _run(self, run: Run) -> dict:
+        begin = time.monotonic()
+        run.emit({"type": "started", "mode": self.executor.name, "startedAt": iso(run.started),
+                  "planOnly": run.plan_only, "instruction": run.instruction})
+        try:
+            result = await self._execute(run, begin)
+        except ControlError as exc:
+            result = self._result(run, begin, RunResult(False, "", exc.message), [], None, exc.status)
+        except Exception:
+            log.exception("Claude run %s failed unexpectedly", run.run_id)
+            result = self._result(run, begin, RunResult(False, "", "internal error in the edge"), [], None, 500)
+        finally:
+            self._active.pop(run.key, None)
+        if self.observer is not None:
+            self.observer(self.executor.name, bool(result["success"]), time.monotonic() - begin)
+        run.result = result
+        run.emit({"type": "done" if result["success"] else "error", "result": result})
+        return result
+
+    async def _execute(self, run: Run, begin: float) -> dict:
+        c, u, t = run.key
+        async with self.ws.thread_lock(c, u, t):
+            worktree = await self.ws.open_thread(c, u, t)
+            context = read_json_object(self.ws.context_path(c, u, t)) or {}
+            before = await self._snapshot(worktree)
+            request = RunRequest(
+                instruction=run.instruction,
+                worktree=worktree,
+                plan_only=run.plan_only,
+                approved_plan=run.approved_plan,
+                history=_history(context),
+                resume_session=context.get("claudeSessionId") if self.executor.name == "claude-code" else None,
+            )
+            outcome = await self._call_executor(run, request)
+            after = await self._snapshot(worktree)
+        changes = _changes(before, after)
+        commit = None
+        if outcome.success and run.auto_commit and changes and not run.plan_only:
+            commit = await asyncio.shield(self._commit(run))
+            if commit.get("committed"):
+                run.emit({"type": "committed", "commit": commit.get("commit"), "files": commit.get("files", [])})
+        result = self._result(run, begin, outcome, changes, commit, 200 if outcome.success else run.failure_status)
+        if run.plan_only and outcome.success:
+            plan = self.plans.add(run, outcome.output)
+            result.update(plan=plan.plan, approvalToken=plan.token, requiresApproval=True, expiresAt=iso(plan.expires))
+        self._record(run, outcome, result)
+        return result
+
+    async def _call_executor(self, run: Run, request: RunRequest) -> RunResult:
+        run.exec_task = asyncio.ensure_future(self.executor.run(request, run.emit))
+        if run.cancel_requested:
+            run.exec_task.cancel()
+        timeout = self.settings.execution_timeout
+        try:
+            async with asyncio.timeout(timeout or None):
+                return await run.exec_task
+        except TimeoutError:
+            run.failure_status = 504
+            return RunResult(False, "", f"the run timed out after {timeout:g} s (EXECUTION_TIMEOUT); it was stopped")
+        except ExecutionError as exc:
+            return RunResult(False, "", str(exc))
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if run.cancel_requested and current is not None and not current.cancelling():
+                run.failure_status = 409
+                return RunResult(False, "", "cancelled on request; files are as the agent last wrote them")
+            raise
+
+    async def _commit(self, run: Run) -> dict:
+        try:
+            return await gitops.commit(self.ws, *run.key, commit_message(run.instruction))
+        except ControlError as exc:
+            return {"committed": False, "commitError": exc.message}
+
+    async def _snapshot(self, worktree: Path) -> dict[str, tuple[str, str | None]]:
+        """Changed paths (vs. HEAD) → (kind, hash of content): what a run changed is the difference."""
+        status = await self.ws.git.run(
+            ["--no-optional-locks", "status", "--porcelain=v2", "-z", "--untracked-files=all"], cwd=worktree
+        )
+        _, changes = gitops.parse_status(status.stdout)
+        snapshot = {}
+        for kind, paths in changes.items():
+            for path in paths:
+                try:
+                    digest: str | None = hashlib.sha256((worktree / path).read_bytes()).hexdigest()
+                except OSError:
+                    digest = None
+                snapshot[path] = (kind, digest)
+        return snapshot
+
+    def _result(
+        self, run: Run, begin: float, outcome: RunResult, changes: list[dict], commit: dict | None, status: int
+    ) -> dict:
+        result = {
+            "success": outcome.success,
+            "output": outcome.output,
+            "filesChanged": [change["file"] for change in changes],
+            "changes": changes,
+            "mode": self.executor.name,
+            "durationMs": int((time.monotonic() - begin) * 1000),
+            "runId": run.run_id,
+            "startedAt": iso(run.started),
+            "clientId": run.client_id,
+            "userId": run.user_id,
+            "threadId": run.thread_id,
+            "sessionId": session_id_for(*run.key),
+            "planOnly": run.plan_only,
+            "commit": commit,
+            "cancelled": run.cancel_requested and not outcome.success,
+            "status": status,
+        }
+        if outcome.error:
+            result["error"] = outcome.error
+        if outcome.session_id:
+            result["agentSessionId"] = outcome.session_id
+        if outcome.cost_usd is not None:
+            result["costUsd"] = outcome.cost_usd
+        return result
+
+    def _record(self, run: Run, outcome: RunResult, result: dict) -> None:
+        path = self.ws.context_path(*run.key)
+        context = read_json_object(path) or {}
+        entries = context.get("instructions") if isinstance(context.get("instructions"), list) else []
+        commit = result.get("commit") or {}
+        entries.append({
+            "runId": run.run_id,
+            "instruction": run.instruction,
+            "mode": result["mode"],
+            "planOnly": run.plan_only,
+            "approvedPlan": run.approved_plan is not None,
+            "success": outcome.success,
+            "summary": outcome.output[:2000],
+            "error": outcome.error,
+            "files": result["filesChanged"],
+            "commit": commit.get("commit") if commit.get("committed") else None,
+            "startedAt": result["startedAt"],
+            "durationMs": result["durationMs"],
+        })
+        context["instructions"] = entries[-MAX_HISTORY:]
+        if outcome.session_id:
+            context["claudeSessionId"] = outcome.session_id
+        context["lastExecution"] = time.time()
+        write_json_atomic(path, context)
+
+
+def _history(context: dict) -> str:
+    entries = context.get("instructions")
+    if not isinstance(entries, list):
+        return ""
+    lines = []
+    for entry in entries[-PROMPT_HISTORY:]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("instruction"), str):
+            continue
+        what = " ".join(entry["instruction"].split())[:200]
+        if entry.get("planOnly"):
+            outcome = "planned only"
+        elif entry.get("success"):
+            outcome = "done; files: " + (", ".join(entry.get("files") or []) or "none")
+        else:
+            outcome = "failed"
+        lines.append(f"- {what} ({outcome})")
+    return "\n".join(lines)
+
+
+def _changes(before: dict, after: dict) -> list[dict]:
+    changes = []
+    for path in sorted(set(before) | set(after)):
+        if before.get(path) == after.get(path):
+            continue
+        if path not in after:
+            action = "reverted"
+        elif after[path][1] is None or after[path][0] == "deleted":
+            action = "deleted"
+        elif after[path][0] in ("untracked", "added"):
+            action = "added"
+        else:
+            action = "modified"
+        changes.append({"file": path, "action": action})
+    return changes
+
+
+RUNNER = web.AppKey("control_claude_runner", Runner)

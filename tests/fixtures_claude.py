@@ -1,0 +1,169 @@
+"""Claude at its boundaries: a fake ``claude`` executable and a fake Bedrock Converse server.
+
+* ``fake_claude``: writes an executable wrapper (the CLAUDE_CLI setting) that runs
+  ``tests/fake_claude.py`` with its own log; ``calls()`` reads what each run saw.
+* ``fake_bedrock``: an aiohttp app on 127.0.0.1 answering ``POST /model/<id>/converse``
+  with scripted replies (JSON, or an error status with ``x-amzn-ErrorType``); it keeps
+  every request body boto3 sent.
+* ``claude_thread``: a real edge (git tests' settings), with a thread initialised from a
+  local bare repository; returns the API client and the worktree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from tests.fixtures_git import GitApi
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class FakeClaude:
+    path: Path
+    log: Path
+
+    def calls(self) -> list[dict]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    async def wait_calls(self, count: int, deadline: float = 20.0) -> list[dict]:
+        """The calls, once there are ``count`` of them (bounded wait)."""
+        end = time.monotonic() + deadline
+        while len(self.calls()) < count:
+            assert time.monotonic() < end, f"fake claude was called {len(self.calls())} times, expected {count}"
+            await asyncio.sleep(0.05)
+        return self.calls()
+
+
+@pytest.fixture
+def fake_claude(tmp_path: Path) -> FakeClaude:
+    folder = tmp_path / "fake-claude"
+    folder.mkdir()
+    log = folder / "calls.jsonl"
+    path = folder / "claude"
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from tests.fake_claude import main\n"
+        f"sys.exit(main({str(log)!r}))\n"
+    )
+    path.chmod(0o755)
+    return FakeClaude(path, log)
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie waiting for a reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+async def wait_gone(pid: int, deadline: float = 15.0) -> bool:
+    end = time.monotonic() + deadline
+    while not process_gone(pid):
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+@dataclass
+class FakeBedrock:
+    """Scripted Converse replies, in order; each is (status, headers, body)."""
+
+    replies: list[tuple[int, dict, dict]] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    origin: str = ""
+
+    def reply(self, content: list[dict], stop: str = "end_turn") -> None:
+        body = {
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": stop,
+            "usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15},
+            "metrics": {"latencyMs": 1},
+        }
+        self.replies.append((200, {}, body))
+
+    def tool_use(self, name: str, args: dict, use_id: str = "tooluse_1") -> dict:
+        return {"toolUse": {"toolUseId": use_id, "name": name, "input": args}}
+
+    def throttle(self) -> None:
+        self.replies.append(
+            (429, {"x-amzn-ErrorType": "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"},
+             {"__type": "ThrottlingException", "message": "Too many requests, please wait before trying again."})
+        )
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        self.requests.append(await request.json())
+        if not self.replies:
+            return web.json_response({"message": "no scripted reply left"}, status=500,
+                                     headers={"x-amzn-ErrorType": "InternalServerException"})
+        status, headers, body = self.replies.pop(0)
+        return web.json_response(body, status=status, headers=headers)
+
+
+@pytest.fixture
+async def fake_bedrock(serve, monkeypatch) -> FakeBedrock:
+    # Fake credentials for boto3 (signing only; the fake server does not check them).
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+        "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    fake = FakeBedrock()
+    app = web.Application()
+    app.router.add_post("/model/{model_id}/converse", fake.handle)
+    server = await serve(app)
+    fake.origin = server.origin
+    return fake
+
+
+ThreadFactory = Callable[..., Awaitable[tuple[GitApi, Path]]]
+
+
+@pytest.fixture
+def claude_thread(git_edge, remote) -> ThreadFactory:
+    """``await claude_thread(**settings overrides)`` → (api, worktree) of thread c1/u1/t1."""
+
+    async def start(thread: tuple[str, str, str] = ("c1", "u1", "t1"), **overrides) -> tuple[GitApi, Path]:
+        api = await git_edge(**overrides)
+        c, u, t = thread
+        answer = await api.init(c, u, t, repo_url=remote.url)
+        assert answer.status == 200, answer.text
+        api.session_id = answer.body["sessionId"]  # type: ignore[attr-defined]
+        return api, Path(answer.body["workspacePath"])
+
+    return start
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    """Parse a text/event-stream body into (event, data) pairs."""
+    events = []
+    for block in text.split("\n\n"):
+        name, data = "message", []
+        for line in block.splitlines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        if data:
+            events.append((name, json.loads("\n".join(data))))
+    return events
+

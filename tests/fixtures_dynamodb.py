@@ -1,0 +1,89 @@
+"""A real DynamoDB API for the tests: moto's server on 127.0.0.1 (a free port), restartable.
+
+Only the tests set fake AWS credentials; boto3 finds the server through its
+own ``AWS_ENDPOINT_URL`` variable, as it would find DynamoDB Local.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.conftest import free_port
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+@dataclass
+class FakeDynamo:
+    """moto's server; ``stop()``/``start()`` take it away and bring it back (its data stays)."""
+
+    port: int
+    table: str
+    server: ThreadedMotoServer | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def client(self):
+        return boto3.session.Session().client("dynamodb", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def item(self, session_id: str) -> dict | None:
+        found = self.client().get_item(TableName=self.table, Key={"sessionId": {"S": session_id}}, ConsistentRead=True)
+        raw = found.get("Item")
+        if raw is None:
+            return None
+        return {k: (int(v["N"]) if "N" in v else v.get("S")) for k, v in raw.items()}
+
+    def wait_item(self, session_id: str, check=lambda item: item is not None, timeout: float = 30.0) -> dict | None:
+        """The item once ``check(item)`` holds (a bounded wait: the writer is asynchronous)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self.item(session_id)
+            if check(item):
+                return item
+            if time.monotonic() > deadline:
+                raise AssertionError(f"DynamoDB item of {session_id} never matched; last: {item}")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def dynamodb(monkeypatch) -> Iterator[FakeDynamo]:
+    """moto's DynamoDB on 127.0.0.1 with a fresh table; boto3 in this process points at it."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    fake = FakeDynamo(free_port(), f"edge-sessions-{secrets.token_hex(4)}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fake.endpoint)
+    fake.env = {**AWS_ENV, "AWS_ENDPOINT_URL": fake.endpoint}
+    fake.start()
+    fake.client().create_table(
+        TableName=fake.table,
+        KeySchema=[{"AttributeName": "sessionId", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "sessionId", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    yield fake
+    fake.stop()

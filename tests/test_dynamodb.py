@@ -1,0 +1,78 @@
+"""Session items in DynamoDB (moto's server on 127.0.0.1): written in the background, never in a request's way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from control.dynamo import DYNAMO, TTL_SECONDS
+from control.sessions import session_id_for
+from control.tracking import TRACKER
+
+
+async def _until(check, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+async def _item(dynamodb, session_id, check=lambda item: item is not None):
+    return await asyncio.to_thread(dynamodb.wait_item, session_id, check)
+
+
+async def test_items_follow_the_session_life(git_edge, remote, dynamodb):
+    api = await git_edge(dynamodb_table=dynamodb.table, dynamodb_heartbeat_seconds=0.2, container_id="task-abc")
+    init = await api.init(repo_url=remote.url)
+    assert init.status == 200, init.text
+    sid = init.body["sessionId"]
+
+    item = await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "ready")
+    assert item["clientId"] == "c1" and item["userId"] == "u1" and item["threadId"] == "t1"
+    assert item["previewUrl"] == f"{api.origin}/session/{sid}/"
+    assert item["containerId"] == "task-abc"
+    assert item["ttl"] == item["lastActivity"] + TTL_SECONDS
+    assert abs(item["lastActivity"] - time.time()) < 120
+
+    # Activity reaches DynamoDB through the heartbeat (lastActivity is whole seconds).
+    first = item["lastActivity"]
+    await _until(lambda: int(time.time()) > first)
+    assert (await api.call("GET", "/api/git/status/c1/u1/t1")).status == 200
+    later = await _item(dynamodb, sid, lambda i: i["lastActivity"] > first)
+    assert later["status"] == "ready" and later["ttl"] == later["lastActivity"] + TTL_SECONDS
+
+    await api.app[TRACKER].mark_all_idle()  # what the idle shutdown does first
+    await _item(dynamodb, sid, lambda i: i["status"] == "idle")
+
+    assert (await api.call("DELETE", f"/api/sessions/{sid}")).status == 200
+    await _item(dynamodb, sid, lambda i: i is None)
+
+
+async def test_a_failed_init_is_an_error_item(git_edge, remote, dynamodb):
+    api = await git_edge(dynamodb_table=dynamodb.table)
+    answer = await api.init(t="t9", repo_url=remote.url + "-missing")
+    assert answer.status >= 400
+    await _item(dynamodb, session_id_for("c1", "u1", "t9"), lambda i: i is not None and i["status"] == "error")
+
+
+async def test_requests_succeed_while_dynamodb_is_down_and_writes_land_later(git_edge, remote, dynamodb):
+    api = await git_edge(dynamodb_table=dynamodb.table, dynamodb_heartbeat_seconds=0.2)
+    first = await api.init(t="t1", repo_url=remote.url)
+    await _item(dynamodb, first.body["sessionId"], lambda i: i is not None and i["status"] == "ready")
+    writer = api.app[DYNAMO]
+
+    dynamodb.stop()
+    failures = writer.failures
+    second = await api.init(t="t2")
+    assert second.status == 200, second.text  # the user's request does not wait for DynamoDB
+    status = await api.call("GET", "/api/status/c1/u1/t2")
+    assert status.status == 200
+    sid = second.body["sessionId"]
+    await _until(lambda: writer.failures > failures)  # it tried, failed, and keeps the update queued
+    assert writer.pending >= 1
+
+    dynamodb.start()
+    item = await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "ready")
+    assert item["threadId"] == "t2"
+    await _until(lambda: writer.pending == 0)

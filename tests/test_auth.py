@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -215,43 +211,3 @@ def test_serve_refuses_an_open_api_beyond_loopback(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "refusing to listen on '0.0.0.0' without an API token" in done.stderr
     assert "EDGE_API_TOKEN" in done.stderr and "EDGE_ALLOW_NO_AUTH=1" in done.stderr
-
-
-def test_serve_starts_beyond_loopback_when_allowed(tmp_path):
-    """EDGE_ALLOW_NO_AUTH=1 lets it listen on 0.0.0.0 (for a second; it is reached on 127.0.0.1 only)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "serve", "--host", "0.0.0.0", "--port", str(port)],
-        env=_env(tmp_path, EDGE_ALLOW_NO_AUTH="1"),
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                if http_status(f"http://127.0.0.1:{port}/api/health") == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the edge did not start"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, stderr
-    assert "answers anyone without a token" in stderr
-
-
-def http_status(url: str) -> int:
-    """A blocking GET's status (this test has no event loop)."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code

@@ -23,9 +23,7 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,19 +34,11 @@ from playwright.async_api import Browser, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
 from preview_bench import ASTRO5, ROOT, copy_site, free_port
+from processes import Processes
 
-CHROMIUM = "/usr/bin/chromium"
-PUBLIC_HOST = "edit.amelia.webordinary.com"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    f"--host-resolver-rules=MAP {PUBLIC_HOST} 127.0.0.1",
-]
+sys.path.insert(0, str(ROOT))  # the tests' Chromium settings are the one definition
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS, PUBLIC_HOST  # noqa: E402
+
 API_TOKEN = "bench-token"
 SESSION = "bench"
 WATCHDOG = 600.0  # the whole run; a hang ends here and every process is still stopped
@@ -60,37 +50,6 @@ TIMING_JS = """() => {
   const lastResource = Math.max(0, ...resources.map(r => r.responseEnd));
   return {load: nav.loadEventEnd, all: Math.max(nav.loadEventEnd, lastResource), resources: resources.length};
 }"""
-
-
-class Processes:
-    """Background processes, each in its own process group, all stopped at the end."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, name: str, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
-        with (self.logs / f"{name}.log").open("wb") as log:
-            self.started.append(subprocess.Popen(
-                args, cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))
-
-    def log_tail(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
-
-    def stop_all(self) -> None:
-        for process in reversed(self.started):
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # esbuild and anything else left in the group
-            except ProcessLookupError:
-                pass
-            process.wait()
 
 
 def wait_200(url: str, procs: Processes, name: str) -> None:
@@ -160,7 +119,7 @@ async def load(browser: Browser, url: str) -> dict[str, float]:
 
 
 def p90(values: list[float]) -> float:
-    return statistics.quantiles(values, n=10, method="inclusive")[-1]
+    return statistics.quantiles(values, n=10, method="inclusive")[-1] if len(values) > 1 else values[0]
 
 
 async def measure(astro_port: int, edge_port: int, rounds: int) -> dict[str, list[dict[str, float]]]:
@@ -170,7 +129,7 @@ async def measure(astro_port: int, edge_port: int, rounds: int) -> dict[str, lis
     }
     results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             for _ in range(3):  # warm-up: Vite compiles and optimises dependencies on first use
                 for url in urls.values():

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from edge.server import start_edge
 from edge.settings import Settings
 from preview import PREVIEWS
 from preview.node import child_env, resolve_node
+from processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "examples" / "site"
@@ -84,16 +84,7 @@ async def by_hand(settings: Settings, folder: Path, client: aiohttp.ClientSessio
         await first_200(client, f"http://127.0.0.1:{port}/")
         return time.monotonic() - started
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
+        stop_group(process)
 
 
 def summary(values: list[float]) -> str:

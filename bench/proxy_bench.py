@@ -39,6 +39,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from processes import Processes
+
 ROOT = Path(__file__).resolve().parents[1]
 CHP = ROOT / ".cache" / "bin" / "configurable-http-proxy"
 API_TOKEN = "bench-token"
@@ -98,43 +100,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-class Processes:
-    """Background processes, each in its own process group, all stopped on exit."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
-        with (self.logs / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
-            )
-        self.started.append(process)
-        return process.pid
-
-    def log_tail(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
-
-    def stop_all(self) -> None:
-        for process in reversed(self.started):
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
 
 
 @dataclass(frozen=True)

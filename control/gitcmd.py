@@ -35,6 +35,7 @@ from git.remote import Remote
 from git.repo.base import Repo
 
 from edge.settings import Settings
+from preview.process import signal_group
 
 log = logging.getLogger("edge.control.git")
 
@@ -65,14 +66,6 @@ _UNSAFE_OPTIONS = {
 
 Progress = Callable[[str], None]
 PIPE_LINGER = 5.0  # seconds to wait for git's pipes to close once it has exited
-
-
-def _kill_group(pgid: int) -> None:
-    """Kill git and the helpers it started (each git runs in its own session)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @dataclass(frozen=True)
@@ -220,11 +213,11 @@ class GitRunner:
             while not (await asyncio.wait({readers}, timeout=PIPE_LINGER))[0]:
                 if proc.returncode is not None:
                     # git has exited but a child of it (git-remote-https, ...) still holds the pipes.
-                    _kill_group(proc.pid)
+                    signal_group(proc.pid, signal.SIGKILL)
             stdout, stderr = readers.result()
             returncode = await proc.wait()
         except BaseException:
-            _kill_group(proc.pid)
+            signal_group(proc.pid, signal.SIGKILL)  # git and the helpers it started
             readers.cancel()
             await proc.wait()
             raise

@@ -48,6 +48,7 @@ from control.recovery import (
 from control.repourl import RepoUrl, RepoUrlError, parse_repo_url, repo_key
 from control.sessions import SessionRegistry, ThreadSession, session_id_for
 from edge.settings import Settings
+from preview.locator import ThreadRef, thread_folder
 
 log = logging.getLogger("edge.control.workspaces")
 
@@ -134,7 +135,8 @@ class Workspaces:
 
     def thread_path(self, client_id: str, user_id: str, thread_id: str) -> Path:
         """The worktree folder of a thread (whether or not it exists yet)."""
-        return self.user_dir(client_id, user_id) / "threads" / check_thread_id(thread_id)
+        thread = ThreadRef(check_id("clientId", client_id), check_id("userId", user_id), check_thread_id(thread_id))
+        return thread_folder(self.root, thread)
 
     def context_path(self, client_id: str, user_id: str, thread_id: str) -> Path:
         return self.user_dir(client_id, user_id) / ".claude" / "threads" / f"{check_thread_id(thread_id)}.json"

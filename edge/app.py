@@ -26,8 +26,6 @@ from edge.settings import Settings
 from edge.websocket import SOCKETS, SocketRegistry
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Load balancers check health with the task's private IP as Host; these answers reveal nothing.
-ANY_HOST_PATHS = frozenset({"/health", "/api/health"})
 
 
 @web.middleware
@@ -39,7 +37,8 @@ async def host_policy(request: web.Request, handler: Handler) -> web.StreamRespo
     """
     if not request.raw_path.startswith("/"):
         return error_response(request, 400, "Absolute-form and authority-form request targets are not accepted.")
-    if request.path in ANY_HOST_PATHS and request.method in ("GET", "HEAD"):
+    # Load balancers check health with the task's private IP as Host; these answers reveal nothing.
+    if request.path in health.HEALTH_PATHS and request.method in ("GET", "HEAD"):
         return await handler(request)
     hosts = request.headers.getall("Host", [])
     host = split_host(hosts[0]) if len(hosts) == 1 else None

@@ -49,6 +49,10 @@ OPERATOR_COOKIE = "edge_operator"
 OPERATOR_COOKIE_SECONDS = 12 * 3600
 
 
+def is_api_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
 def is_operator_path(path: str) -> bool:
     return path == "/_edge" or path.startswith("/_edge/")
 
@@ -59,7 +63,7 @@ def is_protected(path: str) -> bool:
         return True
     if is_operator_path(path):
         return path != OPERATOR_LOGIN
-    return (path == "/api" or path.startswith("/api/")) and path not in OPEN_PATHS
+    return is_api_path(path) and path not in OPEN_PATHS
 
 
 def _operator_mac(token: str, expires: int) -> str:

@@ -10,6 +10,8 @@ from edge import __version__, keys
 from edge.routing import RouteState
 from edge.websocket import SOCKETS
 
+# The probe paths: answered for any Host, not counted as activity, their own metrics route class.
+HEALTH_PATHS = frozenset({"/health", "/api/health"})
 # Fields other parts add to /health (the preview supervisor: previews by state): name → callable.
 HEALTH_FIELDS = web.AppKey("health_fields", dict)
 

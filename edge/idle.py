@@ -19,11 +19,12 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from edge import keys
+from edge.health import HEALTH_PATHS
 
 log = logging.getLogger("edge.idle")
 
 # Probes and scrapes must not keep an unused edge alive.
-NOT_ACTIVITY = frozenset({"/health", "/api/health", "/metrics"})
+NOT_ACTIVITY = HEALTH_PATHS | {"/metrics"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BusyCheck = Callable[[], bool]
@@ -123,8 +124,6 @@ def setup(app: web.Application) -> IdleWatch:
     """Track activity (a middleware after those already added) and stop the edge when idle."""
     watch = IdleWatch()
     app[IDLE] = watch
-    if keys.STOP not in app:
-        app[keys.STOP] = asyncio.Event()
     app.middlewares.append(track_activity)
     app.cleanup_ctx.append(_watch_ctx)
     return watch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 from aiohttp import web
@@ -21,7 +20,3 @@ CLIENT = web.AppKey("client", aiohttp.ClientSession)
 STARTED_AT = web.AppKey("started_at", float)
 # Set to stop the edge gracefully (idle auto-shutdown); `serve` waits on it alongside SIGTERM/SIGINT.
 STOP = web.AppKey("stop", asyncio.Event)
-
-
-def now() -> float:
-    return time.monotonic()

@@ -23,7 +23,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edge.flow import ProxyFlow
-from edge.health import HEALTH_FIELDS
+from edge.auth import is_api_path
+from edge.health import HEALTH_FIELDS, HEALTH_PATHS
 from edge.websocket import SOCKETS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -135,11 +136,11 @@ def route_class(request: web.Request) -> str:
     if marked is not None:
         return marked
     path = request.path
-    if path == "/health" or path == "/api/health":
+    if path in HEALTH_PATHS:
         return HEALTH
     if path == "/metrics":
         return METRICS_ROUTE
-    if path == "/api" or path.startswith("/api/"):
+    if is_api_path(path):
         return API
     return OTHER
 

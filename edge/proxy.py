@@ -93,7 +93,8 @@ async def handle_host(request: web.Request, session_id: str) -> web.StreamRespon
 async def proxy_session(request: web.Request, found: Match) -> web.StreamResponse:
     """Forward a request that belongs to a session (HTTP or WebSocket) and log its flow."""
     metrics.mark_proxied(request)
-    if is_upgrade(request):
+    upgrade = is_upgrade(request)
+    if upgrade:
         refused = cross_site_upgrade(request)  # before a dev server is started or reached
         if refused is not None:
             return refused
@@ -123,7 +124,7 @@ async def proxy_session(request: web.Request, found: Match) -> web.StreamRespons
         client_headers=request.headers,
     )
     try:
-        if is_upgrade(request):
+        if upgrade:
             return await relay_websocket(request, found, route, peer, flow)
         return await forward_http(request, found, route, peer, flow)
     finally:

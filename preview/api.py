@@ -31,9 +31,9 @@ def _thread(request: web.Request) -> tuple[PreviewSupervisor, ThreadRef, str]:
 
 
 def _folder(supervisor: PreviewSupervisor, thread: ThreadRef, session: str) -> Path:
-    """The thread's worktree: as the locator knows it, else where control/ lays it out."""
-    folder = supervisor.locator.folder(session) or thread_folder(supervisor.settings.workspace_path, thread)
-    if not folder.is_dir():
+    """The thread's worktree as the locator knows it (control's locator also finds unregistered thread folders)."""
+    folder = supervisor.locator.folder(session)
+    if folder is None or not folder.is_dir():
         raise json_error(404, f"thread {thread.thread_id!r} has no workspace folder")
     return folder
 

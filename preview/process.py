@@ -26,6 +26,14 @@ _SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin")
 DEFAULT_GRACE = 5.0
 
 
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal every process of the group ``pgid`` (ignored once the group is gone)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _guarded(argv: Sequence[str]) -> list[str]:
     if _SETPRIV is None:
         return list(argv)
@@ -67,10 +75,7 @@ class ManagedProcess:
 
     def signal_group(self, sig: int) -> None:
         """Signal every process of the group (ignored once the group is gone)."""
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(self.pid, sig)
 
     async def stop(self, grace: float = DEFAULT_GRACE) -> int | None:
         """SIGTERM to the group, SIGKILL after ``grace`` seconds; always reaps the leader.

@@ -9,26 +9,13 @@ Playwright never downloads a browser here: it launches /usr/bin/chromium.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, Response, WebSocket, async_playwright
 
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.fixtures_astro import require
-
-CHROMIUM = Path("/usr/bin/chromium")
-PUBLIC_HOST = "edit.amelia.webordinary.com"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    f"--host-resolver-rules=MAP {PUBLIC_HOST} 127.0.0.1, MAP *.{PUBLIC_HOST} 127.0.0.1, MAP *--{PUBLIC_HOST} 127.0.0.1",
-]
 
 
 @pytest.fixture

@@ -64,6 +64,16 @@ def upstream_app() -> web.Application:
     return app
 
 
+async def logged_edge(edge, serve, sessions: tuple[str, ...] = ("s1",), **overrides):
+    """A real edge (``edge(**overrides)``, e.g. ``proxy_log=`` or ``flow_log=``) whose ``sessions``
+    all lead to one :func:`upstream_app`; returns ``(edge server, upstream server)``."""
+    upstream = await serve(upstream_app())
+    server = await edge(**overrides)
+    for session in sessions:
+        add_route(server, session, upstream.origin)
+    return server, upstream
+
+
 def add_route(server, session_id: str, origin: str) -> None:
     """Point a session at an upstream (as the routes API or the preview supervisor would)."""
     server.app[keys.SESSIONS].set(Route(session_id, URL(origin), source="api"))

@@ -18,9 +18,10 @@ from typing import Callable
 import aiohttp
 import pytest
 
+from tests.chromium import PUBLIC_HOST
 from tests.conftest import RunningServer
 from tests.fixtures_astro import AstroSite
-from tests.fixtures_browser import PUBLIC_HOST, WatchedPage
+from tests.fixtures_browser import WatchedPage
 
 pytestmark = pytest.mark.astro
 

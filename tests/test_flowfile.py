@@ -19,7 +19,7 @@ from edge.flowfile import FlowFile
 from edge.proxylog import ProxyLog
 from edge.settings import Settings
 from tests.conftest import free_port
-from tests.logged_upstream import PUBLIC_HOST, SECRETS, UPLOAD, add_route, secret_traffic, upstream_app, wait_for
+from tests.logged_upstream import PUBLIC_HOST, SECRETS, UPLOAD, add_route, logged_edge, secret_traffic, wait_for
 
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 # A mitmproxy addon that prints each flow it reads as one JSON line (mitmdump fires
@@ -78,9 +78,7 @@ def flow_file_of(server) -> FlowFile:
 
 async def test_mitmdump_reads_both_sides_of_every_exchange(edge, serve, tmp_path):
     path = tmp_path / "flows.mitm"
-    upstream = await serve(upstream_app())
-    server = await edge(flow_log=path)  # as with EDGE_FLOW_LOG: the app's own proxy log
-    add_route(server, "s1", upstream.origin)
+    server, upstream = await logged_edge(edge, serve, flow_log=path)  # as with EDGE_FLOW_LOG: the app's own proxy log
     add_route(server, "gone", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     async with aiohttp.ClientSession() as client:
         await secret_traffic(client, server.url)
@@ -161,9 +159,7 @@ async def test_mitmdump_reads_both_sides_of_every_exchange(edge, serve, tmp_path
 
 async def test_a_failing_disk_drops_flows_and_never_a_request(edge, serve, tmp_path):
     path = tmp_path / "not-yet" / "flows.mitm"
-    upstream = await serve(upstream_app())
-    server = await edge(flow_log=path)
-    add_route(server, "s1", upstream.origin)
+    server, _ = await logged_edge(edge, serve, flow_log=path)
     files = flow_file_of(server)
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page?n=1")) as resp:
@@ -184,9 +180,7 @@ async def test_a_failing_disk_drops_flows_and_never_a_request(edge, serve, tmp_p
 async def test_a_stuck_disk_does_not_hold_up_requests(edge, serve, tmp_path):
     fifo = tmp_path / "flows.fifo"
     os.mkfifo(fifo)  # opening it for writing blocks until someone reads: a stuck disk
-    upstream = await serve(upstream_app())
-    server = await edge(flow_log=fifo)
-    add_route(server, "s1", upstream.origin)
+    server, _ = await logged_edge(edge, serve, flow_log=fifo)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
         for n in range(3):
             async with client.get(server.url(f"/session/s1/page?n={n}")) as resp:
@@ -223,9 +217,7 @@ def test_edge_flow_log_variable_turns_the_flow_file_on(tmp_path):
 
 async def test_a_dead_writer_process_is_replaced(edge, serve, tmp_path):
     path = tmp_path / "flows.mitm"
-    upstream = await serve(upstream_app())
-    server = await edge(flow_log=path)
-    add_route(server, "s1", upstream.origin)
+    server, _ = await logged_edge(edge, serve, flow_log=path)
     files = flow_file_of(server)
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page?n=1")) as resp:
@@ -250,9 +242,7 @@ async def test_a_dead_writer_process_is_replaced(edge, serve, tmp_path):
 async def test_a_full_file_is_rotated_and_both_stay_readable(edge, serve, tmp_path):
     path = tmp_path / "flows.mitm"
     files = FlowFile(path, max_bytes=12_000)  # room for a few exchanges per file
-    upstream = await serve(upstream_app())
-    server = await edge(proxy_log=ProxyLog([files]))
-    add_route(server, "s1", upstream.origin)
+    server, _ = await logged_edge(edge, serve, proxy_log=ProxyLog([files]))
     async with aiohttp.ClientSession() as client:
         for n in range(6):
             async with client.get(server.url(f"/session/s1/page?n={n}")) as resp:

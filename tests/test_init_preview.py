@@ -26,8 +26,8 @@ from edge.settings import Settings
 from preview import ThreadRef, thread_folder
 from preview.deps import store_key
 from preview.node import node_version
+from tests.chromium import PUBLIC_HOST
 from tests.fixtures_astro import CACHE, EXAMPLE_SITE, _link_node_modules, node_for, require
-from tests.fixtures_browser import PUBLIC_HOST
 from tests.fixtures_git import git, git_settings
 from tests.fixtures_preview import PreviewEdge, group_gone, preview_overrides, processes_in
 

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.fixtures_browser import PUBLIC_HOST
+from tests.chromium import PUBLIC_HOST
 from tests.upstreams import upstream_app
 
 TOKEN = "operator-test-token-0123456789"

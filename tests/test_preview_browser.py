@@ -8,7 +8,7 @@ import time
 import pytest
 from playwright.async_api import Error as PlaywrightError
 
-from tests.fixtures_browser import PUBLIC_HOST
+from tests.chromium import PUBLIC_HOST
 
 pytestmark = [pytest.mark.astro, pytest.mark.browser]
 DEADLINE = 120.0

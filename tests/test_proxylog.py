@@ -11,7 +11,7 @@ import pytest
 
 from edge.flow import ProxyFlow
 from edge.proxylog import JsonLines, ProxyLog, redact_header, redact_query
-from tests.logged_upstream import PUBLIC_HOST, SECRETS, UPLOAD, add_route, secret_traffic, upstream_app, wait_for
+from tests.logged_upstream import PUBLIC_HOST, SECRETS, UPLOAD, logged_edge, secret_traffic, wait_for
 
 
 def _changes(record: dict, direction: str, name: str) -> list[dict]:
@@ -21,9 +21,7 @@ def _changes(record: dict, direction: str, name: str) -> list[dict]:
 async def test_json_lines_carry_the_exchange_and_no_secret(edge, serve):
     stream = io.StringIO()
     log = ProxyLog([JsonLines(stream=stream)])
-    upstream = await serve(upstream_app())
-    server = await edge(proxy_log=log)
-    add_route(server, "s1", upstream.origin)
+    server, upstream = await logged_edge(edge, serve, proxy_log=log)
     before = time.time()
     async with aiohttp.ClientSession() as client:
         await secret_traffic(client, server.url)
@@ -73,9 +71,7 @@ async def test_json_lines_carry_the_exchange_and_no_secret(edge, serve):
 
 async def test_recent_records_are_redacted_too(edge, serve):
     log = ProxyLog()
-    upstream = await serve(upstream_app())
-    server = await edge(proxy_log=log)
-    add_route(server, "s1", upstream.origin)
+    server, _ = await logged_edge(edge, serve, proxy_log=log)
     async with aiohttp.ClientSession() as client:
         await secret_traffic(client, server.url)
     await wait_for(lambda: len(log.recent.records) == 5, what="five records")
@@ -86,9 +82,7 @@ async def test_recent_records_are_redacted_too(edge, serve):
 
 async def test_every_proxied_response_names_its_session(edge, serve):
     log = ProxyLog()
-    upstream = await serve(upstream_app())
-    server = await edge(proxy_log=log)
-    add_route(server, "s1", upstream.origin)
+    server, _ = await logged_edge(edge, serve, proxy_log=log)
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page")) as resp:
             assert resp.headers["X-Edge-Session"] == "s1"
@@ -103,10 +97,7 @@ async def test_every_proxied_response_names_its_session(edge, serve):
 
 async def test_recent_records_by_session(edge, serve):
     log = ProxyLog()
-    upstream = await serve(upstream_app())
-    server = await edge(proxy_log=log)
-    for session in ("s1", "s2"):
-        add_route(server, session, upstream.origin)
+    server, _ = await logged_edge(edge, serve, ("s1", "s2"), proxy_log=log)
     async with aiohttp.ClientSession() as client:
         for session, n in [("s1", 1), ("s2", 1), ("s1", 2), ("s1", 3), ("s2", 2)]:
             async with client.get(server.url(f"/session/{session}/page?n={n}")) as resp:
@@ -129,9 +120,7 @@ class _Broken:
 async def test_a_failing_addon_breaks_neither_the_request_nor_the_other_addons(edge, serve):
     stream = io.StringIO()
     log = ProxyLog([_Broken(), JsonLines(stream=stream)])
-    upstream = await serve(upstream_app())
-    server = await edge(proxy_log=log)
-    add_route(server, "s1", upstream.origin)
+    server, _ = await logged_edge(edge, serve, proxy_log=log)
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page")) as resp:
             assert await resp.text() == "hello page"
@@ -146,9 +135,7 @@ class _ClosedStream(io.StringIO):
 
 async def test_a_failing_stdout_does_not_break_the_request(edge, serve):
     log = ProxyLog([JsonLines(stream=_ClosedStream())])
-    upstream = await serve(upstream_app())
-    server = await edge(proxy_log=log)
-    add_route(server, "s1", upstream.origin)
+    server, _ = await logged_edge(edge, serve, proxy_log=log)
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page")) as resp:
             assert await resp.text() == "hello page"
@@ -195,9 +182,7 @@ def test_header_redaction(name, value, expected):
 
 async def test_edge_session_cookie_set_by_the_edge_is_recorded(edge, serve):
     log = ProxyLog()
-    upstream = await serve(upstream_app())
-    server = await edge(proxy_log=log)
-    add_route(server, "s1", upstream.origin)
+    server, _ = await logged_edge(edge, serve, proxy_log=log)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
         async with client.get(server.url("/session/s1/page")) as resp:
             assert "edge_session=s1" in resp.headers.getall("Set-Cookie")[-1]

@@ -19,7 +19,7 @@ from edge.routing import Route
 from edge.server import start_edge
 from edge.websocket import SOCKETS
 from tests.conftest import RunningServer, free_port
-from tests.ws_upstreams import PROTOCOLS, RawClient, SilentServer, WsUpstream, pattern
+from tests.ws_upstreams import PROTOCOLS, RawClient, WsUpstream, pattern, silent_upstream
 
 MiB = 1024 * 1024
 API_TOKEN = "test-token"
@@ -350,7 +350,7 @@ async def test_an_upstream_refusal_keeps_its_status(relay, client, status):
 
 
 async def test_an_upstream_that_never_answers_the_upgrade_is_a_504(edge, client):
-    silent = await SilentServer.start()
+    silent = await silent_upstream()
     try:
         running = await edge(first_byte_timeout=0.5)
         running.app[keys.SESSIONS].set(Route("s1", URL(silent.origin)))

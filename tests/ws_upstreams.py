@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
+from tests.upstreams import RawServer, raw_upstream
+
 PROTOCOLS = ("vite-hmr", "vite-ping")
 
 
@@ -202,31 +204,10 @@ class RawClient:
             pass
 
 
-@dataclass
-class SilentServer:
-    """Accepts TCP connections and never answers (an upgrade Vite ignores)."""
+async def silent_upstream() -> RawServer:
+    """A raw server that accepts TCP connections and never answers (an upgrade Vite ignores)."""
 
-    server: asyncio.base_events.Server
-    port: int
-    connections: int = 0
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the edge gives up
 
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @classmethod
-    async def start(cls) -> "SilentServer":
-        holder: list[SilentServer] = []
-
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            holder[0].connections += 1
-            await reader.read()  # until the edge gives up
-            writer.close()
-
-        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-        holder.append(cls(server, server.sockets[0].getsockname()[1]))
-        return holder[0]
-
-    async def close(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
+    return await raw_upstream(never_answer)

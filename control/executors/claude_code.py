@@ -31,6 +31,7 @@ import anyio
 
 from control.executors.base import Emit, ExecutionError, RunRequest, RunResult, build_prompt, relative_to
 from edge.settings import Settings
+from preview.process import signal_group
 
 log = logging.getLogger("edge.control.claude_code")
 
@@ -45,13 +46,6 @@ EXIT_GRACE = 10.0  # for the CLI to exit after its result line
 
 class _NotStarted(ExecutionError):
     """The CLI ended before its session started (nothing was done)."""
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class ClaudeCodeExecutor:
@@ -156,10 +150,10 @@ class ClaudeCodeExecutor:
 async def _stop(proc: anyio.abc.Process) -> None:
     """End the agent and everything it started: TERM to the group, then KILL after a grace period."""
     if proc.returncode is None:
-        _signal_group(proc.pid, signal.SIGTERM)
+        signal_group(proc.pid, signal.SIGTERM)
         with anyio.move_on_after(TERM_GRACE):
             await proc.wait()
-    _signal_group(proc.pid, signal.SIGKILL)
+    signal_group(proc.pid, signal.SIGKILL)
     await proc.wait()
 
 

@@ -51,6 +51,17 @@ class WatchedPage:
         for recorded in (self.console_messages, self.console_errors, self.failed_requests, self.error_responses, self.responses):
             recorded.clear()
 
+    @classmethod
+    def watch(cls, page: Page) -> "WatchedPage":
+        """Start recording what goes wrong on ``page``."""
+        watched = cls(page)
+        page.on("console", watched._on_console)
+        page.on("pageerror", lambda error: watched.console_errors.append(f"page error: {error}"))
+        page.on("requestfailed", watched._on_request_failed)
+        page.on("response", watched._on_response)
+        page.on("websocket", watched._on_websocket)
+        return watched
+
     def _on_console(self, message: ConsoleMessage) -> None:
         self.console_messages.append(message.text)
         if message.type == "error":
@@ -72,12 +83,7 @@ class WatchedPage:
 async def page(browser: Browser) -> AsyncIterator[WatchedPage]:
     """A fresh browser context and page that records console errors and failed requests."""
     context = await browser.new_context()
-    watched = WatchedPage(await context.new_page())
-    watched.page.on("console", watched._on_console)
-    watched.page.on("pageerror", lambda error: watched.console_errors.append(f"page error: {error}"))
-    watched.page.on("requestfailed", watched._on_request_failed)
-    watched.page.on("response", watched._on_response)
-    watched.page.on("websocket", watched._on_websocket)
+    watched = WatchedPage.watch(await context.new_page())
     try:
         yield watched
     finally:

@@ -9,6 +9,7 @@ import pytest
 from yarl import URL
 
 from tests.chromium import PUBLIC_HOST
+from tests.fixtures_browser import WatchedPage
 from tests.upstreams import upstream_app
 
 TOKEN = "operator-test-token-0123456789"
@@ -141,10 +142,14 @@ async def test_the_page_shows_a_starting_preview_and_its_log(make_thread, previe
     if edge.supervisor.status(thread.session_id)["state"] in ("starting", "installing"):
         assert 'http-equiv="refresh"' in html  # reloads itself while the preview starts
     assert "c1/u1/t1" in html and "thread-t1" in html
-    await edge.wait_state(thread.session_id, {"ready"})
-    await browser_page.goto(edge.url(f"/_edge/sessions/{thread.session_id}"))
-    assert await browser_page.locator("p.meta .state").inner_text() == "ready"
-    log = await browser_page.locator("pre").inner_text()
-    assert "starting Astro" in log and "ready in" in log
-    assert 'http-equiv="refresh"' not in await browser_page.content()
     assert page.problems() == []
+    await edge.wait_state(thread.session_id, {"ready"})
+    # A second tab: the first may be reloading itself right now, and a reload that fires
+    # during goto() would abort the navigation.
+    session_tab = WatchedPage.watch(await browser_page.context.new_page())
+    await session_tab.page.goto(edge.url(f"/_edge/sessions/{thread.session_id}"))
+    assert await session_tab.page.locator("p.meta .state").inner_text() == "ready"
+    log = await session_tab.page.locator("pre").inner_text()
+    assert "starting Astro" in log and "ready in" in log
+    assert 'http-equiv="refresh"' not in await session_tab.page.content()
+    assert session_tab.problems() == []

@@ -16,7 +16,7 @@ from control import dynamo, status_api, tracking
 from control.previews import RegistryLocator
 from control.sessions import REGISTRY
 from control.workspaces import WORKSPACES
-from edge import auth, health, idle, keys, metrics, operator, proxy, routes_api, stopping
+from edge import auth, fastpath, health, idle, keys, metrics, operator, proxy, routes_api, stopping
 from edge.errors import error_response
 from edge.framing import reject_ambiguous_framing
 from edge.hostpolicy import HostPolicy, split_host
@@ -115,6 +115,8 @@ def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None =
     app[SOCKETS] = SocketRegistry()
     app.cleanup_ctx.extend([_client_ctx, _proxy_log_ctx, _close_sockets_on_remove])
     stopping.setup(app)  # first on_shutdown hook: starts the drain budget's clock
+    if settings.fast_path:
+        fastpath.setup(app)  # plain GETs to ready previews skip aiohttp (EdgeSite puts it in front)
     app.on_shutdown.append(_close_sockets_on_shutdown)
 
     health.setup(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 from http import HTTPStatus
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -30,11 +31,32 @@ def error_response(
     ``refresh`` a browser page reloads itself after ``retry_after`` seconds
     (used while a preview starts).
     """
+    page = error_page(request.headers.get("Accept", ""), status, error, hint, retry_after=retry_after, extra=extra, refresh=refresh)
+    return web.Response(status=status, text=page.text, content_type=page.content_type, headers=page.headers)
+
+
+class ErrorPage(NamedTuple):
+    content_type: str
+    text: str
+    headers: dict[str, str]
+
+
+def error_page(
+    accept: str,
+    status: int,
+    error: str,
+    hint: str = "",
+    *,
+    retry_after: int | None = None,
+    extra: dict | None = None,
+    refresh: bool = False,
+) -> ErrorPage:
+    """The body of an error answer: HTML when ``accept`` asks for it, else JSON (see :func:`error_response`)."""
     headers = {"Cache-Control": "no-store"}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    if wants_html(request):
-        title = html.escape(f"{status} {_reason(status)}")
+    if "text/html" in accept:
+        title = html.escape(f"{status} {reason(status)}")
         meta = f'<meta http-equiv="refresh" content="{retry_after or 2}">' if refresh else ""
         body = (
             "<!doctype html><html><head><meta charset=utf-8>"
@@ -46,12 +68,12 @@ def error_response(
             + (f"<pre>{html.escape(extra['log'])}</pre>" if extra and extra.get("log") else "")
             + "</body></html>"
         )
-        return web.Response(status=status, text=body, content_type="text/html", headers=headers)
+        return ErrorPage("text/html", body, headers)
     payload = {"success": False, "error": error, **({"hint": hint} if hint else {}), **(extra or {})}
-    return web.Response(status=status, text=json.dumps(payload), content_type="application/json", headers=headers)
+    return ErrorPage("application/json", json.dumps(payload), headers)
 
 
-def _reason(status: int) -> str:
+def reason(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
     except ValueError:

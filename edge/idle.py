@@ -44,6 +44,10 @@ class IdleWatch:
         self.session_of: SessionOf | None = None
         self.stopping = False
 
+    def note_proxied(self) -> None:
+        """A proxied request began or ended (the session table records which session)."""
+        self.last_request = time.monotonic()
+
     def note(self, request: web.Request) -> None:
         now = self.last_request = time.monotonic()
         if self.session_of is not None:

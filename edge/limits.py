@@ -33,15 +33,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
+if TYPE_CHECKING:
+    from edge.fastpath import FastPath
+
 log = logging.getLogger("edge.limits")
 
 REFUSAL_LOG_INTERVAL = 60.0
+
+
+class GuardedConnection(Protocol):
+    """What the guard needs of a connection (:class:`EdgeProtocol` and :class:`edge.fastpath.FrontProtocol`)."""
+
+    def waiting_for_head(self) -> bool: ...
+
+    def force_close(self) -> None: ...
 
 
 class ConnectionGuard:
@@ -51,14 +62,14 @@ class ConnectionGuard:
         self.max_connections = max_connections  # 0: no cap
         self.header_timeout = header_timeout  # 0: no deadline
         self.refused = 0
-        self._open: dict[EdgeProtocol, None] = {}  # insertion-ordered: the oldest first
+        self._open: dict[GuardedConnection, None] = {}  # insertion-ordered: the oldest first
         self._warned_at = -REFUSAL_LOG_INTERVAL
 
     @property
     def open(self) -> int:
         return len(self._open)
 
-    def admit(self, protocol: EdgeProtocol) -> bool:
+    def admit(self, protocol: GuardedConnection) -> bool:
         """Count a new connection in, making room by closing an idle one; False when all are busy."""
         if self.max_connections and len(self._open) >= self.max_connections and not self._close_an_idle_one():
             self._refuse()
@@ -66,7 +77,7 @@ class ConnectionGuard:
         self._open[protocol] = None
         return True
 
-    def release(self, protocol: EdgeProtocol) -> None:
+    def release(self, protocol: GuardedConnection) -> None:
         self._open.pop(protocol, None)
 
     def _close_an_idle_one(self) -> bool:
@@ -150,9 +161,13 @@ class EdgeProtocol(RequestHandler):
 
 
 class EdgeSite(web.BaseSite):
-    """A TCP site whose connections are :class:`EdgeProtocol`s (``web.TCPSite`` hard-wires aiohttp's)."""
+    """A TCP site whose connections are :class:`EdgeProtocol`s (``web.TCPSite`` hard-wires aiohttp's).
 
-    __slots__ = ("_host", "_port", "_guard", "_handler_args")
+    With a :class:`edge.fastpath.FastPath`, each connection starts on the fast
+    path, which hands it to an :class:`EdgeProtocol` for anything it does not take.
+    """
+
+    __slots__ = ("_host", "_port", "_guard", "_fast_path", "_handler_args")
 
     def __init__(
         self,
@@ -161,6 +176,7 @@ class EdgeSite(web.BaseSite):
         port: int,
         guard: ConnectionGuard,
         *,
+        fast_path: FastPath | None = None,
         backlog: int = 1024,
         **handler_args: Any,
     ) -> None:
@@ -168,6 +184,7 @@ class EdgeSite(web.BaseSite):
         self._host = host
         self._port = port
         self._guard = guard
+        self._fast_path = fast_path
         self._handler_args = handler_args
 
     @property
@@ -190,4 +207,16 @@ class EdgeSite(web.BaseSite):
         def protocol() -> EdgeProtocol:
             return EdgeProtocol(server, loop=loop, guard=self._guard, **self._handler_args)
 
-        self._server = await loop.create_server(protocol, self._host, self._port, backlog=self._backlog)
+        def front() -> asyncio.Protocol:
+            from edge.fastpath import FrontProtocol
+
+            assert self._fast_path is not None
+            return FrontProtocol(self._fast_path, self._guard, protocol)
+
+        factory = protocol if self._fast_path is None else front
+        self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._fast_path is not None:
+            self._fast_path.begin_stop()

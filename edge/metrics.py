@@ -170,6 +170,13 @@ def mark_proxied(request: web.Request) -> None:
     request[ROUTE_CLASS] = PROXY
 
 
+def proxied_request_done(app: web.Application, status: int) -> None:
+    """A request answered by :mod:`edge.fastpath` (outside aiohttp's middlewares): count it as ``proxy``."""
+    metrics = app.get(METRICS)
+    if metrics is not None:
+        metrics.request_done(PROXY, status)
+
+
 def upstream_head(app: web.Application, flow: ProxyFlow) -> None:
     """The upstream's response head has arrived: observe the time since the flow began."""
     metrics = app.get(METRICS)

@@ -201,7 +201,7 @@ async def overview(request: web.Request) -> web.Response:
     only = _session_filter(request)
     rows, busy = _session_rows(app)
     recent = app[keys.PROXY_LOG].recent
-    records = recent.for_session(only, PROXY_ROWS) if only else list(recent.records)[-PROXY_ROWS:]
+    records = recent.for_session(only, PROXY_ROWS) if only else recent.last(PROXY_ROWS)
     uptime = int(time.monotonic() - app[keys.STARTED_AT])
     body = (
         f'<p class="meta">edge {esc(__version__)} · up {uptime // 60} min {uptime % 60} s · '

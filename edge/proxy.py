@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from edge import keys, metrics
@@ -48,22 +48,22 @@ def redirect(location: str) -> web.Response:
 
 
 def find_session(request: web.Request) -> Match | Redirect | None:
-    """Which session a path-routed request belongs to: the prefix, else the edge's cookie.
+    """Which session a path-routed request belongs to (host mode is decided earlier, by ``host_policy``)."""
+    return session_for_path(request.raw_path, request.headers, upgrade=is_upgrade(request))
 
-    (Host mode is decided earlier, by the ``host_policy`` middleware.)
-    """
-    raw_path = request.raw_path
+
+def session_for_path(raw_path: str, headers: CIMultiDictProxy[str] | CIMultiDict[str], *, upgrade: bool) -> Match | Redirect | None:
+    """The prefix's session, else the edge's cookie's (also used by :mod:`edge.fastpath`)."""
     found = match_prefix(raw_path)
     if found is not None:
         return found
     path = raw_path.partition("?")[0]
     if path in EDGE_EXACT or path.startswith(RESERVED):
         return None
-    headers = request.headers
     session = cookie_session(headers.get("Cookie"))
     if session is None or not is_session_id(session):
         return None
-    if is_navigation(headers.get("Sec-Fetch-Mode"), headers.get("Accept")) and not is_upgrade(request):
+    if is_navigation(headers.get("Sec-Fetch-Mode"), headers.get("Accept")) and not upgrade:
         return Redirect(f"/session/{session}{raw_path}")
     return Match(session, MatchKind.COOKIE, raw_path, "")
 

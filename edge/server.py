@@ -21,6 +21,7 @@ killing the dev servers' process groups (within ECS's 30 s stop timeout by defau
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from aiohttp import web
 from edge import keys
 from edge.app import create_app
 from edge.auth import exposure_problem, is_loopback
+from edge.fastpath import FAST_PATH
 from edge.limits import ConnectionGuard, EdgeSite
 from edge.proxylog import ProxyLog
 from edge.settings import Settings, SettingsError
@@ -70,7 +72,15 @@ async def start_edge(settings: Settings, *, proxy_log: ProxyLog | None = None) -
     await runner.setup()
     app[STOPPING].server = runner.server
     guard = ConnectionGuard(settings.max_connections, settings.header_timeout)
-    site = EdgeSite(runner, settings.host, settings.port, guard, keepalive_timeout=settings.keepalive_timeout, access_log=None)
+    site = EdgeSite(
+        runner,
+        settings.host,
+        settings.port,
+        guard,
+        fast_path=app.get(FAST_PATH),
+        keepalive_timeout=settings.keepalive_timeout,
+        access_log=None,
+    )
     try:
         await site.start()
     except BaseException:
@@ -85,6 +95,9 @@ async def serve(settings: Settings) -> None:
     A second signal while stopping exits at once (128 + the signal's number).
     """
     edge = await start_edge(settings)
+    # Everything made while starting lives as long as the process: keep it out
+    # of the garbage collector's full passes, which otherwise walk it again and again.
+    gc.freeze()
     app = edge.runner.app
     stop = app[keys.STOP]  # signals and idle auto-shutdown (edge.idle) share one stop path
     loop = asyncio.get_running_loop()

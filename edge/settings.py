@@ -116,6 +116,7 @@ class Settings:
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     max_connections: int = 1000
+    fast_path: bool = True  # EDGE_FAST_PATH=0: every request through aiohttp's server and client (edge.fastpath)
     flow_log: Path | None = None
     api_token: str | None = field(default=None, repr=False)
     allow_no_auth: bool = False
@@ -186,6 +187,7 @@ class Settings:
             header_timeout=_number(env, "EDGE_HEADER_TIMEOUT", cls.header_timeout),
             keepalive_timeout=_number(env, "EDGE_KEEPALIVE_TIMEOUT", cls.keepalive_timeout),
             max_connections=int(_number(env, "EDGE_MAX_CONNECTIONS", cls.max_connections, int)),
+            fast_path=_bool(env, "EDGE_FAST_PATH", cls.fast_path),
             flow_log=Path(flow_log) if flow_log else None,
             api_token=env.get("EDGE_API_TOKEN") or None,
             allow_no_auth=_bool(env, "EDGE_ALLOW_NO_AUTH", False),

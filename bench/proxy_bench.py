@@ -4,10 +4,11 @@ Measures, for one small static file (the size of a small stylesheet):
 
 * requests per second and p50/p99 latency straight to the upstream (a Node
   ``http`` server), through the edge (``python -m edge serve``, route added
-  with its API) and through configurable-http-proxy (``--change-origin``,
+  with its API; one process, and with ``EDGE_WORKERS=2`` a second process
+  on the port) and through configurable-http-proxy (``--change-origin``,
   route added with its API);
-* WebSocket echo round trips per second, straight and through both proxies;
-* for each, the CPU time the serving process spent per request or message,
+* WebSocket echo round trips per second, straight and through the proxies;
+* for each, the CPU time the serving processes spent per request or message,
   read from /proc: unlike throughput, it hardly moves when other work
   shares the machine's two cores.
 
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHP = ROOT / ".cache" / "bin" / "configurable-http-proxy"
 API_TOKEN = "bench-token"
 STATIC_SESSION = "bench"
+EDGE_2 = "edge, EDGE_WORKERS=2"
 WS_SESSION = "benchws"
 WATCHDOG_SECONDS = 900
 PAYLOAD = (b"/* a small stylesheet */\nh1 { color: rgb(1, 2, 3); }\n" * 40)[:2048]
@@ -108,7 +110,7 @@ class Target:
 
     name: str
     url: str
-    pid: int
+    pids: tuple[int, ...]  # the serving process, and its worker processes
 
 
 @dataclass
@@ -143,9 +145,9 @@ def run_wrk(target: Target, *, connections: int, seconds: int, headers: dict[str
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     for key, value in headers.items():
         args += ["-H", f"{key}: {value}"]
-    cpu_before = cpu_seconds(target.pid)
+    cpu_before = sum(map(cpu_seconds, target.pids))
     out = subprocess.run(args + [target.url], capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
-    cpu = cpu_seconds(target.pid) - cpu_before
+    cpu = sum(map(cpu_seconds, target.pids)) - cpu_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -158,9 +160,9 @@ def run_wrk(target: Target, *, connections: int, seconds: int, headers: dict[str
 def run_ws_load(target: Target, *, connections: int, messages: int) -> WsResult:
     """Echo round trips from a separate process (this script's ``ws-load`` command)."""
     args = [sys.executable, __file__, "ws-load", target.url, str(connections), str(messages)]
-    cpu_before = cpu_seconds(target.pid)
+    cpu_before = sum(map(cpu_seconds, target.pids))
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=300).stdout
-    cpu = cpu_seconds(target.pid) - cpu_before
+    cpu = sum(map(cpu_seconds, target.pids)) - cpu_before
     result = json.loads(out)
     return WsResult(target.name, result["messages"] / result["seconds"], result["messages"], cpu / result["messages"] * 1e6)
 
@@ -214,8 +216,8 @@ def check_tools() -> None:
         sys.exit(f"missing {', '.join(missing)}: run `bash scripts/setup.sh` first")
 
 
-def start_edge(procs: Processes, workdir: Path, name: str, uvloop: bool) -> tuple[str, int]:
-    """``python -m edge serve`` (or the same on uvloop) with an API token; returns origin and pid."""
+def start_edge(procs: Processes, workdir: Path, name: str, uvloop: bool, workers: int = 1) -> tuple[str, tuple[int, ...]]:
+    """``python -m edge serve`` (or the same on uvloop) with an API token; returns origin and pids."""
     port = free_port()
     launcher = ["-c", UVLOOP_EDGE] if uvloop else ["-m", "edge"]
     pid = procs.start(
@@ -224,15 +226,16 @@ def start_edge(procs: Processes, workdir: Path, name: str, uvloop: bool) -> tupl
         env={
             "WORKSPACE_PATH": str(workdir / name),
             "EDGE_API_TOKEN": API_TOKEN,
+            "EDGE_WORKERS": str(workers),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         },
     )
     origin = f"http://127.0.0.1:{port}"
     try:
-        wait_http(origin + "/health")
+        health = json.loads(wait_http(origin + "/health"))
     except RuntimeError:
         sys.exit(f"{name} did not start; its log:\n{procs.log_tail(name)}")
-    return origin, pid
+    return origin, (pid, *(w["pid"] for w in health.get("workers", [])))
 
 
 def start_chp(procs: Processes) -> tuple[str, str, int]:
@@ -260,7 +263,10 @@ def start_servers(procs: Processes, workdir: Path, uvloop: bool) -> tuple[list[T
     if wait_http(static + "/style.css") != PAYLOAD:
         raise RuntimeError("the static upstream returned a different body")
 
-    proxies: dict[str, tuple[str, int]] = {"edge": start_edge(procs, workdir, "edge", uvloop=False)}
+    proxies: dict[str, tuple[str, tuple[int, ...]]] = {
+        "edge": start_edge(procs, workdir, "edge", uvloop=False),
+        EDGE_2: start_edge(procs, workdir, "edge-2", uvloop=False, workers=2),
+    }
     if uvloop:
         proxies["edge (uvloop)"] = start_edge(procs, workdir, "edge-uvloop", uvloop=True)
     for origin, _ in proxies.values():
@@ -269,13 +275,13 @@ def start_servers(procs: Processes, workdir: Path, uvloop: bool) -> tuple[list[T
     chp, chp_api, chp_pid = start_chp(procs)
     for session, target in ((STATIC_SESSION, static), (WS_SESSION, echo)):
         post_json(f"{chp_api}/api/routes/session/{session}", {"target": target}, {"Authorization": f"token {API_TOKEN}"})
-    proxies["configurable-http-proxy"] = (chp, chp_pid)
+    proxies["configurable-http-proxy"] = (chp, (chp_pid,))
 
-    http = [Target("direct", static + "/style.css", static_pid)]
-    ws = [Target("direct", f"ws://127.0.0.1:{ws_port}/echo", echo_pid)]
-    for name, (origin, pid) in proxies.items():
-        http.append(Target(name, f"{origin}/session/{STATIC_SESSION}/style.css", pid))
-        ws.append(Target(name, f"ws{origin[4:]}/session/{WS_SESSION}/echo", pid))
+    http = [Target("direct", static + "/style.css", (static_pid,))]
+    ws = [Target("direct", f"ws://127.0.0.1:{ws_port}/echo", (echo_pid,))]
+    for name, (origin, pids) in proxies.items():
+        http.append(Target(name, f"{origin}/session/{STATIC_SESSION}/style.css", pids))
+        ws.append(Target(name, f"ws{origin[4:]}/session/{WS_SESSION}/echo", pids))
         if wait_http(http[-1].url, headers={"Cookie": f"edge_session={STATIC_SESSION}"}) != PAYLOAD:
             raise RuntimeError(f"{name} returned a different body")
     return http, ws
@@ -288,11 +294,13 @@ def print_report(http: list[HttpResult], ws: list[WsResult], args: argparse.Name
     for r in http:
         print(f"{r.name:<26}{r.rps:>9.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.requests:>10}{r.errors:>8}{r.cpu_us:>12.0f}")
     by = {r.name: r for r in http}
-    edge, chp, direct = by["edge"], by["configurable-http-proxy"], by["direct"]
-    print(f"\nedge / configurable-http-proxy: throughput {edge.rps / chp.rps:.2f}x (target >= 2x), "
-          f"CPU per request {edge.cpu_us / chp.cpu_us:.2f}x")
-    print(f"edge p99 {edge.p99_ms:.2f} ms vs configurable-http-proxy p99 {chp.p99_ms:.2f} ms (target: lower)")
-    print(f"edge / direct throughput: {edge.rps / direct.rps:.2f}x")
+    chp, direct = by["configurable-http-proxy"], by["direct"]
+    for name in ("edge", EDGE_2):
+        edge = by[name]
+        print(f"\n{name} / configurable-http-proxy: throughput {edge.rps / chp.rps:.2f}x (target >= 2x), "
+              f"CPU per request {edge.cpu_us / chp.cpu_us:.2f}x")
+        print(f"{name} p99 {edge.p99_ms:.2f} ms vs configurable-http-proxy p99 {chp.p99_ms:.2f} ms (target: lower)")
+        print(f"{name} / direct throughput: {edge.rps / direct.rps:.2f}x")
     if "edge (uvloop)" in by:
         uv = by["edge (uvloop)"]
         print(f"edge (uvloop) / configurable-http-proxy: throughput {uv.rps / chp.rps:.2f}x, "
@@ -302,8 +310,9 @@ def print_report(http: list[HttpResult], ws: list[WsResult], args: argparse.Name
     for w in ws:
         print(f"{w.name:<26}{w.messages_per_second:>9.0f}{w.messages:>10}{w.cpu_us:>12.0f}")
     wby = {w.name: w for w in ws}
-    print(f"\nWebSocket edge / configurable-http-proxy: "
-          f"{wby['edge'].messages_per_second / wby['configurable-http-proxy'].messages_per_second:.2f}x")
+    for name in ("edge", EDGE_2):
+        print(f"WebSocket {name} / configurable-http-proxy: "
+              f"{wby[name].messages_per_second / wby['configurable-http-proxy'].messages_per_second:.2f}x")
 
 
 def benchmark(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from edge.flow import ProxyFlow
-from edge.proxylog import redact_header, redact_headers, redact_query
+from edge.redact import redact_headers, redact_query
 
 log = logging.getLogger("edge.flowfile")
 
@@ -85,7 +85,6 @@ def _summary(flow: ProxyFlow) -> str:
 
 
 def _change(direction: str, action: str, name: str, old: str | None, new: str | None) -> str:
-    old, new = redact_header(name, old), redact_header(name, new)
     value = f"{old} -> {new}" if action == "rewritten" else (new if action == "added" else old)
     return f"{direction}: {action} {name}: {value}"
 

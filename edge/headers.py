@@ -7,9 +7,8 @@ This is the one place that knows the header rules (hop-by-hop removal, the
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -48,9 +47,8 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
     return names
 
 
-@dataclass(frozen=True)
-class Peer:
-    """What the edge knows of the client: its address, and the public origin it used."""
+class Peer(NamedTuple):
+    """What the edge knows of the client: its address, and the public origin it used (one per request)."""
 
     address: str
     trusted: bool  # a proxy in EDGE_TRUSTED_PROXIES (an ALB): its X-Forwarded-* are believed
@@ -82,14 +80,29 @@ def make_peer(
     return Peer(address, trusted, scheme, host, port)
 
 
-@functools.lru_cache(maxsize=1024)
+_TRUST_CACHE: dict[tuple[str, int], tuple[object, bool]] = {}
+
+
 def _is_trusted(address: str, trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    """Whether ``address`` is in a trusted network (cached: clients reuse their address)."""
+    """Whether ``address`` is in a trusted network.
+
+    Cached per address and networks tuple (clients reuse their address); keyed by
+    the tuple's identity, checked on use, because hashing network objects costs
+    more than the check itself.
+    """
+    key = (address, id(trusted_networks))
+    cached = _TRUST_CACHE.get(key)
+    if cached is not None and cached[0] is trusted_networks:
+        return cached[1]
     try:
         ip = ipaddress.ip_address(address)
+        trusted = any(ip in net for net in trusted_networks)
     except ValueError:
-        return False
-    return any(ip in net for net in trusted_networks)
+        trusted = False
+    if len(_TRUST_CACHE) >= 1024:
+        _TRUST_CACHE.clear()
+    _TRUST_CACHE[key] = (trusted_networks, trusted)
+    return trusted
 
 
 def _first(value: str | None) -> str:

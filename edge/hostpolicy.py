@@ -7,6 +7,7 @@ itself, before anything is proxied.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -24,11 +25,13 @@ def is_session_id(value: str) -> bool:
     return bool(_SESSION_ID_RE.match(value)) and ".." not in value
 
 
+@functools.lru_cache(maxsize=256)
 def split_host(host_header: str) -> str | None:
     """The host name of a ``Host`` header, lower-cased, without its port.
 
     Returns None for a value that is not a syntactically valid host, so that
-    odd headers are refused rather than guessed at.
+    odd headers are refused rather than guessed at. Cached: a client sends the
+    same Host with every request.
     """
     value = host_header.strip().lower()
     if not value or any(ch in value for ch in "/\\@ \t?#"):

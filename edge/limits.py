@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -160,6 +161,25 @@ class EdgeProtocol(RequestHandler):
             self.force_close()
 
 
+class _Primed(asyncio.Protocol):
+    """Starts ``protocol`` on an adopted connection with the bytes read before, ahead of any new ones."""
+
+    def __init__(self, protocol: asyncio.Protocol, data: bytes) -> None:
+        self._protocol = protocol
+        self._data = data
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.set_protocol(self._protocol)
+        self._protocol.connection_made(transport)
+        if self._data and not transport.is_closing():
+            self._protocol.data_received(self._data)  # type: ignore[attr-defined]
+
+
+def _log_failed_adoption(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("could not take over a connection from an edge worker: %s", task.exception())
+
+
 class EdgeSite(web.BaseSite):
     """A TCP site whose connections are :class:`EdgeProtocol`s (``web.TCPSite`` hard-wires aiohttp's).
 
@@ -167,7 +187,7 @@ class EdgeSite(web.BaseSite):
     path, which hands it to an :class:`EdgeProtocol` for anything it does not take.
     """
 
-    __slots__ = ("_host", "_port", "_guard", "_fast_path", "_handler_args")
+    __slots__ = ("_host", "_port", "_guard", "_fast_path", "_reuse_port", "_factory", "_handler_args")
 
     def __init__(
         self,
@@ -177,6 +197,7 @@ class EdgeSite(web.BaseSite):
         guard: ConnectionGuard,
         *,
         fast_path: FastPath | None = None,
+        reuse_port: bool = False,
         backlog: int = 1024,
         **handler_args: Any,
     ) -> None:
@@ -185,6 +206,8 @@ class EdgeSite(web.BaseSite):
         self._port = port
         self._guard = guard
         self._fast_path = fast_path
+        self._reuse_port = reuse_port
+        self._factory: Any = None
         self._handler_args = handler_args
 
     @property
@@ -208,13 +231,26 @@ class EdgeSite(web.BaseSite):
             return EdgeProtocol(server, loop=loop, guard=self._guard, **self._handler_args)
 
         def front() -> asyncio.Protocol:
-            from edge.fastpath import FrontProtocol
+            from edge.fastpath import FrontProtocol, to_protocol
 
             assert self._fast_path is not None
-            return FrontProtocol(self._fast_path, self._guard, protocol)
+            return FrontProtocol(self._fast_path, self._guard, to_protocol(protocol))
 
-        factory = protocol if self._fast_path is None else front
-        self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog)
+        self._factory = protocol if self._fast_path is None else front
+        self._server = await loop.create_server(
+            self._factory, self._host, self._port, backlog=self._backlog, reuse_port=self._reuse_port
+        )
+
+    def adopt(self, sock: socket.socket, data: bytes) -> None:
+        """Carry on with a connection another process accepted and read ``data`` from (:mod:`edge.workers`)."""
+        loop = asyncio.get_running_loop()
+        protocol = self._factory()
+
+        def prime() -> asyncio.Protocol:
+            return _Primed(protocol, data)
+
+        task = loop.create_task(loop.connect_accepted_socket(prime, sock))
+        task.add_done_callback(_log_failed_adoption)
 
     async def stop(self) -> None:
         await super().stop()

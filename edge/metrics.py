@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
@@ -26,6 +26,9 @@ from edge.flow import ProxyFlow
 from edge.auth import is_api_path
 from edge.health import HEALTH_FIELDS, HEALTH_PATHS
 from edge.websocket import SOCKETS
+
+if TYPE_CHECKING:
+    from edge.fastpath import Tally
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -97,11 +100,11 @@ class EdgeMetrics:
         ProcessCollector(registry=registry)
         self._request_series: dict[tuple[str, int], object] = {}
 
-    def request_done(self, route: str, status: int) -> None:
+    def request_done(self, route: str, status: int, count: int = 1) -> None:
         series = self._request_series.get((route, status))
         if series is None:
             series = self._request_series[(route, status)] = self.requests.labels(route, str(status))
-        series.inc()  # type: ignore[attr-defined]
+        series.inc(count)  # type: ignore[attr-defined]
 
     def flow_done(self, flow: ProxyFlow) -> None:
         kind = upstream_error_kind(flow.error)
@@ -110,6 +113,7 @@ class EdgeMetrics:
 
 
 METRICS = web.AppKey("metrics", EdgeMetrics)
+SCRAPE_HOOKS = web.AppKey("metrics_scrape_hooks", list)
 
 
 def upstream_error_kind(error: str | None) -> str | None:
@@ -170,11 +174,22 @@ def mark_proxied(request: web.Request) -> None:
     request[ROUTE_CLASS] = PROXY
 
 
-def proxied_request_done(app: web.Application, status: int) -> None:
-    """A request answered by :mod:`edge.fastpath` (outside aiohttp's middlewares): count it as ``proxy``."""
+def add_tally(app: web.Application, tally: Tally) -> None:
+    """Requests answered by :mod:`edge.fastpath` (outside aiohttp's middlewares, here or in a worker process)."""
     metrics = app.get(METRICS)
-    if metrics is not None:
-        metrics.request_done(PROXY, status)
+    if metrics is None:
+        return
+    for status, count in tally.statuses.items():
+        metrics.request_done(PROXY, status, count)
+    for seconds in tally.latencies:
+        metrics.upstream_latency.observe(seconds)
+    for kind, count in tally.errors.items():
+        metrics.upstream_errors.labels(kind).inc(count)
+
+
+def before_scrape(app: web.Application, hook: Callable[[], None]) -> None:
+    """Run ``hook`` before each ``GET /metrics`` (to fold in what is counted elsewhere)."""
+    app.setdefault(SCRAPE_HOOKS, []).append(hook)
 
 
 def upstream_head(app: web.Application, flow: ProxyFlow) -> None:
@@ -206,6 +221,8 @@ def observe_git(app: web.Application, operation: str, ok: bool) -> None:
 
 
 async def metrics_page(request: web.Request) -> web.Response:
+    for hook in request.app.get(SCRAPE_HOOKS, []):
+        hook()
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 

@@ -1,28 +1,33 @@
 """The proxy log: one JSON line per proxied request or WebSocket session.
 
 Addons receive each finished :class:`~edge.flow.ProxyFlow` through their
-``flow_done`` hook, as mitmproxy's addons receive their flows. This module is
-also the one place with the redaction rule: every addon that writes a flow
-anywhere (stdout, memory, a flow file) passes headers and URLs through
-:func:`redact_header` and :func:`redact_query`.
+``flow_done`` hook, as mitmproxy's addons receive their flows. Every addon
+that writes a flow anywhere (stdout, memory, a flow file) passes headers and
+URLs through :mod:`edge.redact`; the flow's header changes are redacted as
+they are recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
-import re
 import sys
 from collections import deque
-from typing import IO, Iterable, Protocol
+from typing import IO, Iterator, Protocol
 
 import orjson
 
 from edge.flow import ProxyFlow
+from edge.redact import REDACTED, redact_header, redact_headers, redact_query
+
+__all__ = ["REDACTED", "redact_header", "redact_headers", "redact_query", "JsonLines", "ProxyLog", "Recent", "flow_record"]
 
 log = logging.getLogger("edge.proxy")
-_encode_slowly = json.JSONEncoder(separators=(",", ":")).encode
+# POSIX: writes of up to this many bytes to a pipe are atomic (counted in characters: the log is nearly all ASCII).
+PIPE_BUF = 4096
+_encode_slowly = json.JSONEncoder(separators=(",", ":"), default=dataclasses.asdict).encode
 
 
 def encode_record(record: dict) -> str:
@@ -31,71 +36,6 @@ def encode_record(record: dict) -> str:
         return orjson.dumps(record).decode()
     except TypeError:  # orjson.JSONEncodeError: a header value with bytes that are not UTF-8 (surrogates)
         return _encode_slowly(record)
-
-REDACTED = "[redacted]"
-SECRET_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token", "x-amz-security-token"}
-)
-# Headers that carry a URL, whose query may hold a token (a redirect to ``/?token=...``).
-URL_HEADERS = frozenset({"location", "content-location", "referer"})
-_QUERY_PARAM = re.compile(r"([?&][^=&#]*=)([^&#]*)")
-# Query names that look like credentials: Vite's ``token``, ``access_token``, ``api_key``,
-# ``X-Amz-Signature``, ``client_secret``, ``password``, OAuth's ``code``, ``sig``...
-_SECRET_NAME = re.compile(
-    r"(?i)token|secret|pass|pwd|auth|key|signature|credential|jwt|(?:^|[-_.?&])(?:sig|code)(?:$|[-_.=])"
-)
-
-
-def _redact_param(match: re.Match[str]) -> str:
-    name, value = match.group(1), match.group(2)
-    return name + REDACTED if value and _SECRET_NAME.search(name) else match.group(0)
-
-
-def redact_query(url: str) -> str:
-    """Hide secret-looking query values (Vite's ``?token=`` among them) in a path or URL."""
-    if "?" not in url:
-        return url
-    return _QUERY_PARAM.sub(_redact_param, url)
-
-
-def _redact_cookie_pairs(value: str) -> str:
-    parts = []
-    for part in value.split(";"):
-        name, sep, _ = part.strip().partition("=")
-        parts.append(f"{name}={REDACTED}" if sep else REDACTED)
-    return "; ".join(parts)
-
-
-def redact_header(name: str, value: str | None) -> str | None:
-    """A header value fit for a log: credentials and cookie values hidden, names and schemes kept.
-
-    ``Authorization: Bearer x`` → ``Bearer [redacted]``; ``Cookie: a=1; b=2`` →
-    ``a=[redacted]; b=[redacted]``; ``Set-Cookie`` keeps its attributes; URL
-    headers (``Location``, ``Referer``) go through :func:`redact_query`.
-    """
-    if value is None:
-        return None
-    lower = name.lower()
-    if lower in URL_HEADERS:
-        return redact_query(value)
-    if lower not in SECRET_HEADERS:
-        return value
-    if lower == "cookie":
-        return _redact_cookie_pairs(value)
-    if lower == "set-cookie":
-        pair, sep, attributes = value.partition(";")
-        return _redact_cookie_pairs(pair) + (sep + attributes if sep else "")
-    if lower in ("authorization", "proxy-authorization"):
-        scheme, sep, _ = value.strip().partition(" ")
-        if sep and scheme.isalpha():
-            return f"{scheme} {REDACTED}"
-    return REDACTED
-
-
-def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Every header of a message, redacted (for the flow file, which keeps whole headers)."""
-    return [(name, redact_header(name, value) or "") for name, value in headers]
-
 
 class Addon(Protocol):
     def flow_done(self, flow: ProxyFlow) -> None: ...
@@ -120,16 +60,7 @@ def flow_record(flow: ProxyFlow) -> dict:
         "durationMs": flow.duration_ms,
         "clientHost": flow.client_headers.get("Host"),
         "upstreamHost": flow.upstream_headers.get("Host"),
-        "changes": [
-            {
-                "direction": c.direction,
-                "action": c.action,
-                "name": c.name,
-                "old": redact_header(c.name, c.old),
-                "new": redact_header(c.name, c.new),
-            }
-            for c in flow.changes
-        ],
+        "changes": flow.changes,  # dataclasses, redacted when recorded: encoded as objects
         **({"messagesIn": flow.messages_in, "messagesOut": flow.messages_out, "closeCode": flow.close_code} if flow.websocket else {}),
         **({"error": flow.error} if flow.error else {}),
     }
@@ -162,16 +93,30 @@ class JsonLines:
 
     def flush(self) -> None:
         lines, self._pending = self._pending, []
-        if not lines:
-            return
         try:
-            self.stream.write("".join(lines))
-            self.stream.flush()
+            for chunk in _chunks(lines):
+                self.stream.write(chunk)
+                self.stream.flush()
         except (OSError, ValueError):
             log.exception("proxy log write failed")
 
     def close(self) -> None:
         self.flush()
+
+
+def _chunks(lines: list[str]) -> Iterator[str]:
+    """Whole lines in writes of at most PIPE_BUF bytes, which a pipe never splits: with edge
+    workers (edge.workers) several processes write to the same stdout."""
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) > PIPE_BUF:
+            yield "".join(chunk)
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        yield "".join(chunk)
 
 
 class Recent:
@@ -190,6 +135,12 @@ class Recent:
 
     def encoded_done(self, session_id: str, encoded: str) -> None:
         self._encoded.append((session_id, encoded))
+
+    def take(self) -> list[tuple[str, str]]:
+        """The kept records as (session, JSON) pairs, forgetting them (a worker sends them on)."""
+        taken = list(self._encoded)
+        self._encoded.clear()
+        return taken
 
     @property
     def records(self) -> list[dict]:
@@ -221,8 +172,8 @@ class Recent:
 class ProxyLog:
     """Hands each finished flow to every addon; a failing addon never breaks a request."""
 
-    def __init__(self, addons: list[Addon] | None = None) -> None:
-        self.recent = Recent()
+    def __init__(self, addons: list[Addon] | None = None, *, recent: int = 500) -> None:
+        self.recent = Recent(recent)
         self.addons: list[Addon] = [self.recent, *(addons or [])]
 
     def flow_done(self, flow: ProxyFlow) -> None:

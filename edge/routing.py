@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, NamedTuple
 
 from yarl import URL
 
@@ -106,6 +106,7 @@ class SessionTable:
     provider: RouteProvider | None = None
     last_activity: dict[str, float] = field(default_factory=dict)
     _listeners: list[RemoveListener] = field(default_factory=list)
+    _watchers: list[Callable[[], None]] = field(default_factory=list)
 
     def touch(self, session_id: str) -> None:
         """Record activity (a proxied response or WebSocket frame) for idle tracking."""
@@ -113,6 +114,7 @@ class SessionTable:
 
     def set(self, route: Route) -> None:
         self.routes[route.session_id] = route
+        self._changed()
 
     def get(self, session_id: str) -> Route | None:
         return self.routes.get(session_id)
@@ -129,12 +131,21 @@ class SessionTable:
     async def remove(self, session_id: str) -> bool:
         """Drop a route and tell listeners (the WebSocket relay closes its sockets)."""
         route = self.routes.pop(session_id, None)
+        self._changed()
         for listener in list(self._listeners):
             await listener(session_id)
         return route is not None
 
     def on_remove(self, listener: RemoveListener) -> None:
         self._listeners.append(listener)
+
+    def on_change(self, watcher: Callable[[], None]) -> None:
+        """Call ``watcher`` after every set or removal (edge workers get the new table)."""
+        self._watchers.append(watcher)
+
+    def _changed(self) -> None:
+        for watcher in self._watchers:
+            watcher()
 
     def __len__(self) -> int:
         return len(self.routes)
@@ -146,9 +157,8 @@ class MatchKind(str, Enum):
     COOKIE = "cookie"
 
 
-@dataclass(frozen=True)
-class Match:
-    """A request's session and the raw path+query to send upstream."""
+class Match(NamedTuple):
+    """A request's session and the raw path+query to send upstream (made per request: a named tuple is cheapest)."""
 
     session_id: str
     kind: MatchKind

@@ -34,6 +34,7 @@ from edge import keys
 from edge.app import create_app
 from edge.auth import exposure_problem, is_loopback
 from edge.fastpath import FAST_PATH
+from edge.workers import WORKERS
 from edge.limits import ConnectionGuard, EdgeSite
 from edge.proxylog import ProxyLog
 from edge.settings import Settings, SettingsError
@@ -78,11 +79,15 @@ async def start_edge(settings: Settings, *, proxy_log: ProxyLog | None = None) -
         settings.port,
         guard,
         fast_path=app.get(FAST_PATH),
+        reuse_port=WORKERS in app,
         keepalive_timeout=settings.keepalive_timeout,
         access_log=None,
     )
     try:
         await site.start()
+        pool = app.get(WORKERS)
+        if pool is not None:
+            await pool.start(settings.host, site.port, site.adopt)
     except BaseException:
         await runner.cleanup()
         raise
@@ -132,6 +137,9 @@ async def serve(settings: Settings) -> None:
 def exit_now(app: web.Application, why: str, code: int) -> None:
     """End the process at once: SIGKILL the dev servers' process groups first (nothing outlives the edge)."""
     log.error("%s: exiting now (exit status %d)", why, code)
+    pool = app.get(WORKERS)
+    if pool is not None:
+        pool.kill_now()
     supervisor = app.get(PREVIEWS)
     if supervisor is not None:
         for preview in list(supervisor.previews.values()):

@@ -117,6 +117,7 @@ class Settings:
     keepalive_timeout: float = 75.0
     max_connections: int = 1000
     fast_path: bool = True  # EDGE_FAST_PATH=0: every request through aiohttp's server and client (edge.fastpath)
+    workers: int = 1  # EDGE_WORKERS: processes serving the port (edge.workers); more than 1 puts the fast path on more cores
     flow_log: Path | None = None
     api_token: str | None = field(default=None, repr=False)
     allow_no_auth: bool = False
@@ -188,6 +189,7 @@ class Settings:
             keepalive_timeout=_number(env, "EDGE_KEEPALIVE_TIMEOUT", cls.keepalive_timeout),
             max_connections=int(_number(env, "EDGE_MAX_CONNECTIONS", cls.max_connections, int)),
             fast_path=_bool(env, "EDGE_FAST_PATH", cls.fast_path),
+            workers=int(_number(env, "EDGE_WORKERS", cls.workers, int)),
             flow_log=Path(flow_log) if flow_log else None,
             api_token=env.get("EDGE_API_TOKEN") or None,
             allow_no_auth=_bool(env, "EDGE_ALLOW_NO_AUTH", False),
@@ -232,6 +234,8 @@ class Settings:
         )
         if not 0 < settings.port < 65536:
             raise SettingsError(f"PORT={settings.port} is not a TCP port")
+        if not 1 <= settings.workers <= 64:
+            raise SettingsError(f"EDGE_WORKERS={settings.workers} must be between 1 and 64")
         if settings.claude_executor not in CLAUDE_EXECUTORS:
             raise SettingsError(f"CLAUDE_EXECUTOR={settings.claude_executor!r} is not one of {', '.join(CLAUDE_EXECUTORS)}")
         for pattern in settings.session_host_patterns:

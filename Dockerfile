@@ -48,6 +48,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     EDGE_CONTAINER=1 \
+    EDGE_WORKERS=auto \
     EDGE_HOST=0.0.0.0 \
     PORT=8080 \
     WORKSPACE_PATH=/workspace \

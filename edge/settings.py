@@ -76,6 +76,13 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type = floa
     return value
 
 
+def _workers(env: Mapping[str, str]) -> int:
+    """``EDGE_WORKERS``: a number, or ``auto`` for the CPUs this process may run on (a container's vCPUs)."""
+    if (env.get("EDGE_WORKERS") or "").strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    return int(_number(env, "EDGE_WORKERS", 1, int))
+
+
 def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     raw = env.get(name) or default
     try:
@@ -189,7 +196,7 @@ class Settings:
             keepalive_timeout=_number(env, "EDGE_KEEPALIVE_TIMEOUT", cls.keepalive_timeout),
             max_connections=int(_number(env, "EDGE_MAX_CONNECTIONS", cls.max_connections, int)),
             fast_path=_bool(env, "EDGE_FAST_PATH", cls.fast_path),
-            workers=int(_number(env, "EDGE_WORKERS", cls.workers, int)),
+            workers=_workers(env),
             flow_log=Path(flow_log) if flow_log else None,
             api_token=env.get("EDGE_API_TOKEN") or None,
             allow_no_auth=_bool(env, "EDGE_ALLOW_NO_AUTH", False),

@@ -108,6 +108,8 @@ async def test_a_worker_that_dies_is_started_again(settings):
 
 def test_edge_workers_is_checked():
     assert Settings.from_env({"EDGE_WORKERS": "2"}).workers == 2
+    assert Settings.from_env({"EDGE_WORKERS": "auto"}).workers == len(os.sched_getaffinity(0))
+    assert Settings.from_env({}).workers == 1
     for bad in ("0", "65", "two"):
         try:
             Settings.from_env({"EDGE_WORKERS": bad})

@@ -31,6 +31,7 @@ import aiohttp
 from edge.server import start_edge
 from edge.settings import Settings
 from preview import PREVIEWS
+from preview.locator import ThreadRef
 from preview.node import child_env, resolve_node
 from processes import stop_group
 
@@ -113,29 +114,39 @@ async def main(rounds: int) -> None:
         hand_site = copy_site(Path(tmp) / "by-hand", with_modules=True)
         edge = await start_edge(settings)
         supervisor = edge.runner.app[PREVIEWS]
+
+        def session(thread: str) -> str:
+            """The session id of a thread folder made here (as ``/api/astro/...`` names it)."""
+            return supervisor.locator.session_id(ThreadRef("c1", "u1", thread))
+
+        warm = session("warm")
         origin = f"http://127.0.0.1:{edge.port}"
         on_demand, direct, memory = [], [], []
         try:
             async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
                 await by_hand(settings, hand_site, client)  # warm Vite's dependency cache once
-                await first_200(client, f"{origin}/session/warm/")
-                await supervisor.stop("warm")
+                await first_200(client, f"{origin}/session/{warm}/")
+                await supervisor.stop(warm)
                 for _ in range(rounds):
-                    on_demand.append(await first_200(client, f"{origin}/session/warm/"))
-                    memory.append(supervisor.status("warm")["memoryBytes"] / 2**20)
-                    await supervisor.stop("warm")
+                    on_demand.append(await first_200(client, f"{origin}/session/{warm}/"))
+                    memory.append(supervisor.status(warm)["memoryBytes"] / 2**20)
+                    await supervisor.stop(warm)
                     direct.append(await by_hand(settings, hand_site, client))
 
                 # A repository installed once (npm ci into the shared store), then new threads of it.
                 copy_site(threads / "installer", with_modules=False)
-                install = await first_200(client, f"{origin}/session/installer/")
-                await supervisor.stop("installer")
-                new_thread = []
+                installer = session("installer")
+                install = await first_200(client, f"{origin}/session/{installer}/")
+                await supervisor.stop(installer)
+                new_thread, fresh = [], []
                 for n in range(rounds):
                     copy_site(threads / f"new{n}", with_modules=False)
-                    new_thread.append(await first_200(client, f"{origin}/session/new{n}/"))
-                    assert supervisor.status(f"new{n}")["dependencies"] == "linked"
-                    await supervisor.stop(f"new{n}")
+                    new = session(f"new{n}")
+                    new_thread.append(await first_200(client, f"{origin}/session/{new}/"))
+                    assert supervisor.status(new)["dependencies"] == "linked"
+                    await supervisor.stop(new)
+                    # Astro's own start of a new folder: installed, Vite's dependency cache not yet built.
+                    fresh.append(await by_hand(settings, copy_site(Path(tmp) / f"fresh{n}", with_modules=True), client))
                 installs = supervisor.deps.installs
         finally:
             await edge.runner.cleanup()
@@ -146,6 +157,9 @@ async def main(rounds: int) -> None:
         ("edge overhead, median (s)", f"{statistics.median(on_demand) - statistics.median(direct):+.2f}"),
         ("first thread of a repository, npm ci + start (s)", summary([install])),
         ("new thread of an installed repository → first 200 (s)", summary(new_thread)),
+        ("astro dev by hand in a new installed folder → first 200 (s)", summary(fresh)),
+        ("new thread / astro dev by hand, new folder (medians)", f"{statistics.median(new_thread) / statistics.median(fresh):.2f}"),
+        ("new thread / astro dev by hand, warm (medians)", f"{statistics.median(new_thread) / statistics.median(direct):.2f}"),
         ("npm runs for 1 + {} threads of one repository".format(rounds), str(installs)),
         ("resident memory per preview, process group (MiB)", summary(memory)),
     ]

@@ -152,6 +152,7 @@ class PreviewSupervisor:
         await asyncio.gather(
             *(self.stop(sid, "the edge is stopping") for sid in list(self.previews)), return_exceptions=True
         )
+        await self.deps.close()
         if self._client is not None:
             await self._client.close()
         for preview in self.previews.values():

@@ -12,6 +12,7 @@ import pytest
 from control.sessions import session_id_for
 from preview.deps import STORE_MARK, git_common_dir, store_key
 from tests.fixtures_astro import EXAMPLE_SITE
+from tests.fixtures_preview import wait_until
 
 pytestmark = pytest.mark.astro
 
@@ -51,13 +52,15 @@ async def test_threads_with_the_same_lockfile_share_one_install(preview_edge, se
     assert first["dependencies"] == "installed"
     assert edge.supervisor.deps.installs == 1
     assert any("npm ci" in line for line in edge.supervisor.get(one).log.tail(400))
+    key = store_key(folders["t1"], first["nodeVersion"])
+    store = settings.workspace_path / ".node_modules" / key
+    await wait_until(lambda: any(p.name.startswith("spare-") and "." not in p.name for p in store.iterdir()), 60, "a tree linked ahead")
 
     status, second = await edge.api("POST", "start", "c1/u1/t2")
     assert status == 200, second
     assert second["dependencies"] == "linked"
     assert edge.supervisor.deps.installs == 1  # no second npm run
-
-    key = store_key(folders["t1"], first["nodeVersion"])
+    assert any("linked ahead of time" in line for line in edge.supervisor.get(two).log.tail(400))
     store_file = settings.workspace_path / ".node_modules" / key / "node_modules" / "astro" / "package.json"
     inodes = {os.stat(p).st_ino for p in (store_file, *(f / "node_modules/astro/package.json" for f in folders.values()))}
     assert len(inodes) == 1  # the same file, hard-linked

@@ -9,9 +9,11 @@
 #   .venv/                          Python venv with `pip install -e '.[test]'`
 #   .cache/astro/5/node_modules     Astro 5 for Node 20, from examples/site/package-lock.json
 #   .cache/astro/7/node_modules     Astro 7 (needs Node >= 22.12)
-#   .cache/node22/                  Node 22 from the npm package node-linux-<arch>
+#   .cache/node20/, .cache/node22/  Node 20 and 22 from the npm packages node-linux-<arch>
+#                                   (Debian's nodejs is 18: only its npm is used, to fetch these)
 #   .cache/chp/                     configurable-http-proxy, for bench/proxy_bench.py
-#   .cache/bin/node22               link to the Node 22 binary (what the tests use)
+#   .cache/bin/node, node22         links to the Node 20 and 22 binaries (scripts/test.sh puts
+#                                   .cache/bin first on PATH, so the tests use these)
 #   .cache/bin/configurable-http-proxy
 set -euo pipefail
 
@@ -19,6 +21,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache"
 PYTHON="${PYTHON:-python3}"
 ASTRO7_VERSION="7.3.5"
+NODE20_VERSION="20.20.2"
 NODE22_VERSION="22.23.5"
 CHP_VERSION="5.3.0"
 NPM_FLAGS=(--no-audit --no-fund --loglevel=error)
@@ -36,6 +39,8 @@ apt_packages() {
     command -v wrk >/dev/null || missing+=(wrk)
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)
+    command -v "$PYTHON" >/dev/null || missing+=(python3)
+    "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
     if ((${#missing[@]} == 0)); then
         log "Debian packages: present"
         return
@@ -103,11 +108,14 @@ main() {
     astro5
     npm_package "Astro 7" "$CACHE/astro/7" "astro@$ASTRO7_VERSION"
     arch="$(node_arch)"
+    npm_package "Node 20" "$CACHE/node20" "node-linux-$arch@$NODE20_VERSION"
     npm_package "Node 22" "$CACHE/node22" "node-linux-$arch@$NODE22_VERSION"
     npm_package "configurable-http-proxy" "$CACHE/chp" "configurable-http-proxy@$CHP_VERSION"
     mkdir -p "$CACHE/bin"
+    ln -sfn "../node20/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node"
     ln -sfn "../node22/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node22"
     ln -sfn "../chp/node_modules/.bin/configurable-http-proxy" "$CACHE/bin/configurable-http-proxy"
+    "$CACHE/bin/node" --version >/dev/null
     "$CACHE/bin/node22" --version >/dev/null
     log "done in $((SECONDS - started)) s"
 }

@@ -6,4 +6,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
+# The Node 20 and 22 that setup installed come first (whatever node the machine has), and a
+# test missing something setup installs fails rather than skips (tests/fixtures_astro.require).
+export PATH="$ROOT/.cache/bin:$PATH"
+export EDGE_TESTS_STRICT=1
 exec .venv/bin/pytest -q -ra -p no:cacheprovider "$@"

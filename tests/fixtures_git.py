@@ -27,6 +27,8 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
+
+from tests.fixtures_astro import require
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -247,8 +249,7 @@ def make_tls(folder: Path) -> tuple[Path, ssl.SSLContext]:
 def http_backend() -> Path:
     exec_path = subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip()
     backend = Path(exec_path) / "git-http-backend"
-    if not backend.exists():
-        pytest.skip("git-http-backend is not installed")
+    require(backend.exists(), "git-http-backend (Debian's git)")
     return backend
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_astro import require
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE22 = ROOT / ".cache" / "bin" / "node22"
 ASTRO7 = ROOT / ".cache" / "astro" / "7"
@@ -158,9 +160,9 @@ def _major(node: str) -> int:
     return int(out.lstrip("v").split(".")[0])
 
 
-@pytest.mark.skipif(not (ASTRO7 / "node_modules" / "astro").is_dir(), reason="Astro 7 is installed by scripts/setup.sh")
-@pytest.mark.skipif(not NODE22.exists() or SYSTEM_NODE is None or _major(SYSTEM_NODE) >= 22, reason="needs Node 20 and Node 22")
 def test_site_astro_version_against_node(tmp_path):
+    require((ASTRO7 / "node_modules" / "astro").is_dir() and NODE22.exists(), "Astro 7 and Node 22")
+    require(SYSTEM_NODE is not None and _major(SYSTEM_NODE) < 22, "Node 20 as `node`")
     old = doctor(tmp_path, "--site", str(ASTRO7), NODE_BINARY=str(SYSTEM_NODE))
     assert old.returncode == 1
     assert line(old, "astro").startswith("FAIL") and ">=22.12" in line(old, "astro")

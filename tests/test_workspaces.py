@@ -166,6 +166,7 @@ BAD_IDS = [
     {"clientId": ["c"]},
     {"userId": "u/../../x"},
     {"userId": "..."},
+    {"clientId": "acme\n"},  # "$" in a regular expression matches before a final newline
 ]
 
 
@@ -319,7 +320,7 @@ def test_registry_is_persisted_atomically(tmp_path):
     registry.put(
         ThreadSession("t1-abc", "c1", "u1", "t1", "thread-t1", "https://github.com/a/b.git", "/w/t1", 5.0, 5.0)
     )
-    registry.update_branch("t1-abc", "feature")
+    registry.update("t1-abc", branch="feature")
     files = sorted(p.name for p in (tmp_path / ".edge").iterdir())
     assert files == ["sessions.json"]  # no temporary file left behind
     again = SessionRegistry(tmp_path).get("t1-abc")

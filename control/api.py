@@ -8,7 +8,7 @@ its end even if the caller disconnects (``Workspaces.run_detached``).
 from __future__ import annotations
 
 import functools
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -182,18 +182,12 @@ async def git_branch(request: web.Request) -> web.Response:
     return _ok({**_ids(c, u, t), **await ws.run_detached(gitops.switch_branch(ws, c, u, t, branch, create))})
 
 
-async def _drain_ctx(app: web.Application) -> AsyncIterator[None]:
-    yield
-    await app[WORKSPACES].drain(app[keys.SETTINGS].drain_seconds)
-
-
 def setup(app: web.Application) -> None:
     """Create the workspaces and the session registry, and add the routes (before the proxy catch-all)."""
     settings = app[keys.SETTINGS]
     registry = SessionRegistry(settings.workspace_path)
     app[REGISTRY] = registry
     app[WORKSPACES] = Workspaces(settings, registry)
-    app.cleanup_ctx.append(_drain_ctx)
     thread = "{client_id}/{user_id}/{thread_id}"
     app.router.add_post("/api/init", init)
     app.router.add_get(f"/api/init/{thread}", init_status)

@@ -156,10 +156,6 @@ class GitRunner:
         # Told of every git command's outcome (the edge's metrics: edge.metrics.observe_git).
         self.observer: Callable[[str, bool], None] | None = None
 
-    @property
-    def has_token(self) -> bool:
-        return bool(self._token)
-
     def scrub(self, text: str) -> str:
         """``text`` without the token (in any form git might print) or URL userinfo."""
         for secret in self._secrets:

@@ -348,7 +348,7 @@ async def switch_branch(
 
 
 def _remember_branch(ws: Workspaces, client_id: str, user_id: str, thread_id: str, branch: str) -> None:
-    ws.registry.update_branch(session_id_for(client_id, user_id, thread_id), branch)
+    ws.registry.update(session_id_for(client_id, user_id, thread_id), branch=branch)
     path = ws.context_path(client_id, user_id, thread_id)
     context = read_json_object(path)
     if context is not None:

@@ -37,10 +37,6 @@ class RepoUrl:
     url: str
     host: str | None  # None for a local repository
 
-    @property
-    def local(self) -> bool:
-        return self.host is None
-
 
 def parse_repo_url(raw: object, allowed_hosts: tuple[str, ...], allow_local: bool) -> RepoUrl:
     """Check ``raw`` against the policy; raise RepoUrlError saying why not."""

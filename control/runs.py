@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -166,6 +168,20 @@ class PlanStore:
         horizon = time.time() - max(self.ttl, 600.0)
         for token in [t for t, p in self._plans.items() if p.expires < horizon]:
             del self._plans[token]
+
+
+def _digest(path: Path) -> str | None:
+    """A changed file's content hash; a symlink by its target (never followed: it could point at
+    /dev/zero), anything else that is not a regular file (a FIFO would block) by None."""
+    try:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            return "link:" + os.readlink(path)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 class Runner:
@@ -321,15 +337,9 @@ class Runner:
             ["--no-optional-locks", "status", "--porcelain=v2", "-z", "--untracked-files=all"], cwd=worktree
         )
         _, changes = gitops.parse_status(status.stdout)
-        snapshot = {}
-        for kind, paths in changes.items():
-            for path in paths:
-                try:
-                    digest: str | None = hashlib.sha256((worktree / path).read_bytes()).hexdigest()
-                except OSError:
-                    digest = None
-                snapshot[path] = (kind, digest)
-        return snapshot
+        listed = [(path, kind) for kind, paths in changes.items() for path in paths]
+        # In a thread: a large file must not stall the event loop.
+        return await asyncio.to_thread(lambda: {path: (kind, _digest(worktree / path)) for path, kind in listed})
 
     def _result(
         self, run: Run, begin: float, outcome: RunResult, changes: list[dict], commit: dict | None, status: int

@@ -176,13 +176,6 @@ class SessionRegistry:
         self._save()
         return True
 
-    def update_branch(self, session_id: str, branch: str) -> None:
-        old = self._sessions.get(session_id)
-        if old is not None and old.branch != branch:
-            self._sessions[session_id] = replace(old, branch=branch, updated=time.time())
-            self._save()
-            self._notify(session_id, self._sessions[session_id])
-
     def remove(self, session_id: str) -> bool:
         if self._sessions.pop(session_id, None) is None:
             return False

@@ -113,11 +113,11 @@ def failure(exc: GitError, action: str) -> ControlError:
 class Workspaces:
     """Layout, locks, cloning and worktrees of every user's workspace."""
 
-    def __init__(self, settings: Settings, registry: SessionRegistry, git: GitRunner | None = None) -> None:
+    def __init__(self, settings: Settings, registry: SessionRegistry) -> None:
         self.settings = settings
         self.root = settings.workspace_path.absolute()
         self.registry = registry
-        self.git = git or GitRunner(settings)
+        self.git = GitRunner(settings)
         self._user_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self._thread_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()

@@ -79,13 +79,6 @@ async def _proxy_log_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.PROXY_LOG].close()
 
 
-async def _close_sockets_on_remove(app: web.Application) -> AsyncIterator[None]:
-    sockets = app[SOCKETS]
-    app[keys.SESSIONS].on_remove(sockets.close_session)
-    yield
-    await sockets.close_all()
-
-
 async def _close_sockets_on_shutdown(app: web.Application) -> None:
     """Before the server waits for its handlers: open sockets end with 1001, not a dropped connection."""
     await app[SOCKETS].close_all()
@@ -113,7 +106,8 @@ def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None =
     app[keys.STARTED_AT] = time.monotonic()
     app[keys.STOP] = asyncio.Event()
     app[SOCKETS] = SocketRegistry()
-    app.cleanup_ctx.extend([_client_ctx, _proxy_log_ctx, _close_sockets_on_remove])
+    app[keys.SESSIONS].on_remove(app[SOCKETS].close_session)
+    app.cleanup_ctx.extend([_client_ctx, _proxy_log_ctx])
     stopping.setup(app)  # first on_shutdown hook: starts the drain budget's clock
     if settings.fast_path:
         fastpath.setup(app)  # plain GETs to ready previews skip aiohttp (EdgeSite puts it in front)

@@ -99,9 +99,13 @@ def bearer_ok(request: web.BaseRequest, token: str) -> bool:
     scheme, _, credentials = values[0].strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
+    return token_matches(credentials, token)
+
+
+def token_matches(sent: str, token: str) -> bool:
+    """Constant-time comparison of a token a client sent (a header or form value) with ours."""
     # Header values are decoded with surrogateescape: encode back to the bytes that were sent.
-    sent = credentials.strip().encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(sent, token.encode("utf-8"))
+    return hmac.compare_digest(sent.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
 
 def unauthorized(error: str) -> web.Response:

@@ -5,33 +5,22 @@ from __future__ import annotations
 import html
 import json
 from http import HTTPStatus
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
 
-def wants_html(request: web.BaseRequest) -> bool:
-    accept = request.headers.get("Accept", "")
+def accepts_html(accept: str) -> bool:
     return "text/html" in accept
 
 
-def error_response(
-    request: web.BaseRequest,
-    status: int,
-    error: str,
-    hint: str = "",
-    *,
-    retry_after: int | None = None,
-    extra: dict | None = None,
-    refresh: bool = False,
-) -> web.Response:
-    """An error answer in the form the client reads.
+def wants_html(request: web.BaseRequest) -> bool:
+    return accepts_html(request.headers.get("Accept", ""))
 
-    ``error`` says what happened, ``hint`` what to do about it. With
-    ``refresh`` a browser page reloads itself after ``retry_after`` seconds
-    (used while a preview starts).
-    """
-    page = error_page(request.headers.get("Accept", ""), status, error, hint, retry_after=retry_after, extra=extra, refresh=refresh)
+
+def error_response(request: web.BaseRequest, status: int, error: str, hint: str = "", **options: Any) -> web.Response:
+    """An error answer in the form the client reads (``options``: those of :func:`error_page`)."""
+    page = error_page(request.headers.get("Accept", ""), status, error, hint, **options)
     return web.Response(status=status, text=page.text, content_type=page.content_type, headers=page.headers)
 
 
@@ -51,11 +40,16 @@ def error_page(
     extra: dict | None = None,
     refresh: bool = False,
 ) -> ErrorPage:
-    """The body of an error answer: HTML when ``accept`` asks for it, else JSON (see :func:`error_response`)."""
+    """The body of an error answer: HTML when ``accept`` asks for it, else JSON.
+
+    ``error`` says what happened, ``hint`` what to do about it. With
+    ``refresh`` a browser page reloads itself after ``retry_after`` seconds
+    (used while a preview starts).
+    """
     headers = {"Cache-Control": "no-store"}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    if "text/html" in accept:
+    if accepts_html(accept):
         title = html.escape(f"{status} {reason(status)}")
         meta = f'<meta http-equiv="refresh" content="{retry_after or 2}">' if refresh else ""
         body = (

@@ -46,8 +46,8 @@ from edge.health import HEALTH_PATHS
 from edge.hostpolicy import split_host
 from edge.idle import IDLE
 from edge.limits import ConnectionGuard
-from edge.proxy import location_prefix, session_for_path
-from edge.routing import Match, MatchKind, Route, RouteState, cookie_session
+from edge.proxy import session_for_path
+from edge.routing import Match, MatchKind, Route, RouteState
 
 log = logging.getLogger("edge.fastpath")
 
@@ -92,6 +92,18 @@ class Tally:
             kind = metrics.upstream_error_kind(flow.error)
             if kind is not None:
                 self.errors[kind] += 1
+
+    def as_json(self) -> dict:
+        """For a worker's report (:mod:`edge.worker`)."""
+        return {"statuses": {str(s): n for s, n in self.statuses.items()}, "errors": dict(self.errors), "latencies": self.latencies}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Tally:
+        tally = cls()
+        tally.statuses.update({int(s): n for s, n in data["statuses"].items()})
+        tally.errors.update(data["errors"])
+        tally.latencies = data["latencies"]
+        return tally
 
 
 # Gives a connection, with the bytes read but not answered, to whoever handles the rest of it.
@@ -453,14 +465,17 @@ class FrontProtocol(asyncio.Protocol):
             return
         head = bytes(self._buffer[: end + 4])
         parsed = self._parse(head)
-        headers = CIMultiDict(parsed.headers) if parsed is not None else None
-        taken = self._fast.route(_text(parsed.url), headers) if parsed is not None and headers is not None else None
-        if parsed is None or headers is None or taken is None:
+        if parsed is None:
+            self._hand_over()
+            return
+        raw_path, headers = _text(parsed.url), CIMultiDict(parsed.headers)
+        taken = self._fast.route(raw_path, headers)
+        if taken is None:
             self._hand_over()
             return
         self._disarm()
         del self._buffer[: end + 4]
-        self._start(head, parsed, headers, *taken)
+        self._start(head, raw_path, headers, parsed.keep_alive, *taken)
 
     def _parse(self, head: bytes) -> _RequestHead | None:
         """The head of a complete GET without a body, in HTTP/1.1; None for anything else."""
@@ -474,7 +489,9 @@ class FrontProtocol(asyncio.Protocol):
             return None
         return parsed
 
-    def _start(self, head: bytes, parsed: _RequestHead, headers: CIMultiDict[str], match: Match, route: Route) -> None:
+    def _start(
+        self, head: bytes, raw_path: str, headers: CIMultiDict[str], keep_alive: bool, match: Match, route: Route
+    ) -> None:
         fast = self._fast
         assert route.target is not None
         peer = make_peer(self._remote, headers, "http", fast.settings.trusted_proxies)
@@ -482,7 +499,7 @@ class FrontProtocol(asyncio.Protocol):
             session_id=match.session_id,
             match=match.kind.value,
             method="GET",
-            raw_path=_text(parsed.url),
+            raw_path=raw_path,
             http_version="HTTP/1.1",
             client_addr=peer.address,
             client_headers=headers,
@@ -490,7 +507,7 @@ class FrontProtocol(asyncio.Protocol):
         upstream_headers = upstream_request_headers(headers, route.target, peer, match.prefix, flow)
         flow.upstream_url = f"http://{upstream_host(route.target)}{match.upstream_path}"
         flow.upstream_headers = upstream_headers
-        exchange = Exchange(flow, match, route, peer, head, keep_alive=parsed.keep_alive)
+        exchange = Exchange(flow, match, route, peer, head, keep_alive=keep_alive)
         self._exchange = exchange
         fast.table.touch(match.session_id)
         watch = fast.app.get(IDLE)
@@ -546,16 +563,13 @@ class FrontProtocol(asyncio.Protocol):
         flow.reason = _text(upstream.reason)
         flow.upstream_response_headers = received
         self._fast.tally.upstream_head(flow)
-        set_cookie = match.kind is MatchKind.PREFIX and cookie_session(flow.client_headers.get("Cookie")) != match.session_id
-        out = client_response_headers(
-            received, route.target, exchange.peer, match.session_id, location_prefix(match), flow, set_cookie=set_cookie
-        )
+        out = client_response_headers(received, route.target, exchange.peer, match, flow)
         if upstream.status not in (204, 304):
             if "Transfer-Encoding" in received or "Content-Length" not in received:
                 exchange.chunked = True
                 exchange.until_close = "Transfer-Encoding" not in received
                 out["Transfer-Encoding"] = "chunked"
-        if not exchange.keep_alive or self._closing or self._fast.stopping:
+        if self._closes_after(exchange):
             out["Connection"] = "close"
         flow.response_headers = out
         exchange.head_sent = True
@@ -634,7 +648,7 @@ class FrontProtocol(asyncio.Protocol):
         headers = CIMultiDict(page.headers)
         headers["Content-Type"] = f"{page.content_type}; charset=utf-8"
         headers["Content-Length"] = str(len(body))
-        if not exchange.keep_alive or self._closing or self._fast.stopping:
+        if self._closes_after(exchange):
             headers["Connection"] = "close"
         exchange.flow.status = status
         exchange.flow.response_headers = headers
@@ -663,7 +677,7 @@ class FrontProtocol(asyncio.Protocol):
         self._idle_again()
         if self.transport is None:
             return
-        if not exchange.keep_alive or self._closing or fast.stopping:
+        if self._closes_after(exchange):
             self.transport.close()
             return
         if self._reading_paused:
@@ -674,6 +688,10 @@ class FrontProtocol(asyncio.Protocol):
             self._next_request()
         else:
             self._arm(fast.settings.keepalive_timeout)
+
+    def _closes_after(self, exchange: Exchange) -> bool:
+        """Whether the connection ends with this answer (the client asked, or the edge is stopping)."""
+        return not exchange.keep_alive or self._closing or self._fast.stopping
 
     def _idle_again(self) -> None:
         watch = self._fast.app.get(IDLE)

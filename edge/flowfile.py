@@ -15,7 +15,7 @@ client-side flow's own id); the client side's comment also lists every header
 change. Bodies are not captured, since the proxy streams them: a message with
 a body has mitmproxy's "content missing", its size is in the comment.
 
-Secrets are redacted by :mod:`edge.proxylog`'s rule before anything is
+Secrets are redacted by :mod:`edge.redact`'s rule before anything is
 written. The event loop only puts the finished flow on a bounded queue; a
 writer process converts, serializes and appends in batches (one ``write`` per
 batch, so the file is flushed whenever the queue runs dry, and on close). A

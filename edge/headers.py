@@ -14,7 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from edge.flow import ProxyFlow
-from edge.routing import SESSION_COOKIE, strip_session_cookie
+from edge.routing import SESSION_COOKIE, Match, MatchKind, cookie_session, strip_session_cookie
 
 # RFC 9110 §7.6.1 and the classic RFC 2616 list; plus names listed in Connection.
 HOP_BY_HOP = frozenset(
@@ -183,17 +183,19 @@ def client_response_headers(
     upstream: CIMultiDictProxy[str],
     target: URL,
     peer: Peer,
-    session_id: str,
-    location_prefix: str,
+    match: Match,
     flow: ProxyFlow,
-    *,
-    set_cookie: bool = False,
 ) -> CIMultiDict[str]:
     """The headers sent to the client: hop-by-hop removed, ``Location`` made public, the session named.
 
-    With ``set_cookie`` the edge's cookie is added, so that root-absolute
-    requests from this page (``/@vite/client``, ``/src/...``) find the session.
+    A prefix-routed answer also sets the edge's cookie (unless the client has it
+    already), so that root-absolute requests from this page (``/@vite/client``,
+    ``/src/...``) find the session; redirects land under the prefix unless the
+    host names the session.
     """
+    session_id = match.session_id
+    location_prefix = "" if match.kind is MatchKind.HOST else f"/session/{session_id}"
+    set_cookie = match.kind is MatchKind.PREFIX and cookie_session(flow.client_headers.get("Cookie")) != session_id
     listed = connection_listed(upstream)
     drop = (HOP_BY_HOP | listed) if listed else HOP_BY_HOP
     out: CIMultiDict[str] = CIMultiDict()

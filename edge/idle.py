@@ -42,7 +42,6 @@ class IdleWatch:
         # API activity per session (monotonic), next to SessionTable.last_activity for proxied traffic.
         self.session_activity: dict[str, float] = {}
         self.session_of: SessionOf | None = None
-        self.stopping = False
 
     def note_proxied(self) -> None:
         """A proxied request began or ended (the session table records which session)."""
@@ -105,7 +104,6 @@ async def _watch(app: web.Application, minutes: float) -> None:
         if idle_for < limit:
             continue
         log.info("no activity for %.0f s (AUTO_SHUTDOWN_MINUTES=%g): stopping the edge", idle_for, minutes)
-        watch.stopping = True
         for hook in watch.before_stop:
             try:
                 await hook()

@@ -66,10 +66,6 @@ class ConnectionGuard:
         self._open: dict[GuardedConnection, None] = {}  # insertion-ordered: the oldest first
         self._warned_at = -REFUSAL_LOG_INTERVAL
 
-    @property
-    def open(self) -> int:
-        return len(self._open)
-
     def admit(self, protocol: GuardedConnection) -> bool:
         """Count a new connection in, making room by closing an idle one; False when all are busy."""
         if self.max_connections and len(self._open) >= self.max_connections and not self._close_an_idle_one():

@@ -14,7 +14,6 @@ like the API.
 
 from __future__ import annotations
 
-import hmac
 import html
 import time
 from string import Template
@@ -236,8 +235,7 @@ async def session_page(request: web.Request) -> web.Response:
     if not known:
         return page("Unknown session", f"<p>No session <code>{esc(sid)}</code>.</p>", status=404)
     status = supervisor.status(sid) if supervisor is not None else {"state": "—"}
-    preview = supervisor.get(sid) if supervisor is not None else None
-    lines = preview.log.tail(LOG_LINES) if preview is not None and preview.log.count else _file_tail(app, sid)
+    lines = supervisor.log_lines(sid, LOG_LINES) if supervisor is not None else []
     fields = [
         ("thread", f"{entry.client_id}/{entry.user_id}/{entry.thread_id}" if entry else "(not registered)"),
         ("branch", entry.branch if entry else ""),
@@ -260,17 +258,6 @@ async def session_page(request: web.Request) -> web.Response:
         + _table(PROXY_HEADERS, _proxy_rows(app[keys.PROXY_LOG].recent.for_session(sid, PROXY_ROWS)), "No proxied requests yet.")
     )
     return page(f"Session {sid}", body, refresh=status.get("state") in BUSY_STATES)
-
-
-def _file_tail(app: web.Application, sid: str) -> list[str]:
-    """The log file's last lines, for a preview this edge has not run (yet)."""
-    path = app[keys.SETTINGS].workspace_path / ".edge" / "logs" / f"{sid}.log"
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, path.stat().st_size - 128 * 1024))
-            return handle.read().decode("utf-8", "replace").splitlines()[-LOG_LINES:]
-    except OSError:
-        return []
 
 
 LOGIN_FORM = (
@@ -303,7 +290,7 @@ async def login(request: web.Request) -> web.Response:
         return page("Sign in to the edge", '<p class="bad">Request too large.</p>' + LOGIN_FORM, status=413)
     form = await request.post()
     sent = form.get("token")
-    if not isinstance(sent, str) or not hmac.compare_digest(sent.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")):
+    if not isinstance(sent, str) or not auth.token_matches(sent, token):
         return page("Sign in to the edge", '<p class="bad">That token is not valid.</p>' + LOGIN_FORM, status=401)
     response = web.Response(status=303, headers={**SECURITY_HEADERS, "Location": "/_edge/"})
     response.set_cookie(

@@ -47,11 +47,6 @@ def redirect(location: str) -> web.Response:
     return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
 
 
-def find_session(request: web.Request) -> Match | Redirect | None:
-    """Which session a path-routed request belongs to (host mode is decided earlier, by ``host_policy``)."""
-    return session_for_path(request.raw_path, request.headers, upgrade=is_upgrade(request))
-
-
 def session_for_path(raw_path: str, headers: CIMultiDictProxy[str] | CIMultiDict[str], *, upgrade: bool) -> Match | Redirect | None:
     """The prefix's session, else the edge's cookie's (also used by :mod:`edge.fastpath`)."""
     found = match_prefix(raw_path)
@@ -69,8 +64,10 @@ def session_for_path(raw_path: str, headers: CIMultiDictProxy[str] | CIMultiDict
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    """Catch-all handler: every request that is not one of the edge's own routes."""
-    found = find_session(request)
+    """Catch-all handler: every request that is not one of the edge's own routes (host mode is decided
+    earlier, by the ``host_policy`` middleware)."""
+    upgrade = is_upgrade(request)
+    found = session_for_path(request.raw_path, request.headers, upgrade=upgrade)
     if isinstance(found, Redirect):
         return redirect(found.location)
     if found is None:
@@ -82,18 +79,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
             "This address belongs to no preview session.",
             "Open a preview at /session/<sessionId>/ (Hermes' reply links to it).",
         )
-    return await proxy_session(request, found)
+    return await proxy_session(request, found, upgrade)
 
 
 async def handle_host(request: web.Request, session_id: str) -> web.StreamResponse:
     """A request whose ``Host`` names the session: the path goes upstream unchanged."""
-    return await proxy_session(request, Match(session_id, MatchKind.HOST, request.raw_path, ""))
+    return await proxy_session(request, Match(session_id, MatchKind.HOST, request.raw_path, ""), is_upgrade(request))
 
 
-async def proxy_session(request: web.Request, found: Match) -> web.StreamResponse:
+async def proxy_session(request: web.Request, found: Match, upgrade: bool) -> web.StreamResponse:
     """Forward a request that belongs to a session (HTTP or WebSocket) and log its flow."""
     metrics.mark_proxied(request)
-    upgrade = is_upgrade(request)
     if upgrade:
         refused = cross_site_upgrade(request)  # before a dev server is started or reached
         if refused is not None:
@@ -156,11 +152,6 @@ def _unavailable(request: web.Request, route: Route) -> web.StreamResponse | Non
     return None
 
 
-def location_prefix(found: Match) -> str:
-    """Where redirects should land: under the session prefix unless the host names the session."""
-    return "" if found.kind is MatchKind.HOST else f"/session/{found.session_id}"
-
-
 async def forward_http(request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow) -> web.StreamResponse:
     """Forward one HTTP exchange, streaming both bodies."""
     assert route.target is not None
@@ -184,10 +175,7 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         flow.status = upstream.status
         flow.reason = upstream.reason or ""
         flow.upstream_response_headers = upstream.headers
-        set_cookie = found.kind is MatchKind.PREFIX and cookie_session(request.headers.get("Cookie")) != found.session_id
-        out_headers = client_response_headers(
-            upstream.headers, route.target, peer, found.session_id, location_prefix(found), flow, set_cookie=set_cookie
-        )
+        out_headers = client_response_headers(upstream.headers, route.target, peer, found, flow)
         has_body = request.method != "HEAD" and upstream.status not in (204, 304)
         length = upstream.content_length
         if has_body and length is not None and length <= SMALL_BODY and "Transfer-Encoding" not in upstream.headers:

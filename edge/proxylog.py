@@ -20,9 +20,7 @@ from typing import IO, Iterator, Protocol
 import orjson
 
 from edge.flow import ProxyFlow
-from edge.redact import REDACTED, redact_header, redact_headers, redact_query
-
-__all__ = ["REDACTED", "redact_header", "redact_headers", "redact_query", "JsonLines", "ProxyLog", "Recent", "flow_record"]
+from edge.redact import redact_query
 
 log = logging.getLogger("edge.proxy")
 # POSIX: writes of up to this many bytes to a pipe are atomic (counted in characters: the log is nearly all ASCII).
@@ -37,8 +35,19 @@ def encode_record(record: dict) -> str:
     except TypeError:  # orjson.JSONEncodeError: a header value with bytes that are not UTF-8 (surrogates)
         return _encode_slowly(record)
 
+
 class Addon(Protocol):
+    """Takes each finished flow (the flow file)."""
+
     def flow_done(self, flow: ProxyFlow) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RecordAddon(Protocol):
+    """Takes each flow's JSON record, encoded once for all such addons (the log lines, the ring)."""
+
+    def encoded_done(self, session_id: str, encoded: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -77,9 +86,6 @@ class JsonLines:
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
         self._pending: list[str] = []
-
-    def flow_done(self, flow: ProxyFlow) -> None:
-        self.encoded_done(flow.session_id, encode_record(flow_record(flow)))
 
     def encoded_done(self, session_id: str, encoded: str) -> None:
         # The record's own encoding with "type" spliced in first: no copy of the record.
@@ -130,9 +136,6 @@ class Recent:
     def __init__(self, size: int = 500) -> None:
         self._encoded: deque[tuple[str, str]] = deque(maxlen=size)
 
-    def flow_done(self, flow: ProxyFlow) -> None:
-        self.encoded_done(flow.session_id, encode_record(flow_record(flow)))
-
     def encoded_done(self, session_id: str, encoded: str) -> None:
         self._encoded.append((session_id, encoded))
 
@@ -172,21 +175,24 @@ class Recent:
 class ProxyLog:
     """Hands each finished flow to every addon; a failing addon never breaks a request."""
 
-    def __init__(self, addons: list[Addon] | None = None, *, recent: int = 500) -> None:
+    def __init__(self, addons: list[Addon | RecordAddon] | None = None, *, recent: int = 500) -> None:
         self.recent = Recent(recent)
-        self.addons: list[Addon] = [self.recent, *(addons or [])]
+        self.addons: list[Addon | RecordAddon] = [self.recent, *(addons or [])]
+        # Sorted once by what each takes; the record is built and encoded once per flow.
+        self._record_addons = [a for a in self.addons if hasattr(a, "encoded_done")]
+        self._flow_addons = [a for a in self.addons if not hasattr(a, "encoded_done")]
 
     def flow_done(self, flow: ProxyFlow) -> None:
-        encoded = None  # built and encoded once, for the addons that take the JSON record
-        for addon in self.addons:
+        encoded = encode_record(flow_record(flow))
+        for addon in self._record_addons:
             try:
-                if isinstance(addon, (Recent, JsonLines)):
-                    if encoded is None:
-                        encoded = encode_record(flow_record(flow))
-                    addon.encoded_done(flow.session_id, encoded)
-                else:
-                    addon.flow_done(flow)
+                addon.encoded_done(flow.session_id, encoded)  # type: ignore[union-attr]
             except Exception:  # an addon's bug must not break the proxy
+                log.exception("proxy log addon %r failed", addon)
+        for addon in self._flow_addons:
+            try:
+                addon.flow_done(flow)  # type: ignore[union-attr]
+            except Exception:
                 log.exception("proxy log addon %r failed", addon)
 
     def close(self) -> None:

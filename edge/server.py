@@ -53,7 +53,6 @@ class RunningEdge:
 
     runner: web.AppRunner
     site: EdgeSite
-    guard: ConnectionGuard
 
     @property
     def port(self) -> int:
@@ -91,7 +90,7 @@ async def start_edge(settings: Settings, *, proxy_log: ProxyLog | None = None) -
     except BaseException:
         await runner.cleanup()
         raise
-    return RunningEdge(runner, site, guard)
+    return RunningEdge(runner, site)
 
 
 async def serve(settings: Settings) -> None:

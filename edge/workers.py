@@ -254,11 +254,7 @@ class WorkerPool:
         if watch is not None and report["lastRequest"]:
             watch.last_request = max(watch.last_request, report["lastRequest"])
         worker.in_flight = report["inFlight"]
-        tally = Tally()
-        tally.statuses.update({int(status): count for status, count in report["statuses"].items()})
-        tally.errors.update(report["errors"])
-        tally.latencies = report["latencies"]
-        metrics.add_tally(self.app, tally)
+        metrics.add_tally(self.app, Tally.from_json(report["metrics"]))
         recent = self.app[keys.PROXY_LOG].recent
         for session_id, encoded in report["records"]:
             recent.encoded_done(session_id, encoded)

@@ -9,13 +9,12 @@ from aiohttp import web
 from edge.jsonbody import json_error
 from preview.build import build_site
 from preview.appkeys import PREVIEWS
-from preview.locator import ThreadRef, thread_folder
+from preview.locator import ThreadRef
 from preview.node import PreviewError
 from preview.supervisor import Preview, PreviewState, PreviewSupervisor
 
 THREAD_PATH = "/{client_id}/{user_id}/{thread_id}"
 MAX_LOG_LINES = 2000
-_FILE_TAIL_BYTES = 256 * 1024
 
 
 def _thread(request: web.Request) -> tuple[PreviewSupervisor, ThreadRef, str]:
@@ -97,17 +96,6 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({"success": True, **supervisor.status(session)})
 
 
-def _file_tail(supervisor: PreviewSupervisor, session: str, count: int) -> list[str]:
-    path = supervisor.log_dir / f"{session}.log"
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, path.stat().st_size - _FILE_TAIL_BYTES))
-            data = handle.read()
-    except OSError:
-        return []
-    return data.decode("utf-8", "replace").splitlines()[-count:]
-
-
 async def logs(request: web.Request) -> web.StreamResponse:
     supervisor, thread, session = _thread(request)
     try:
@@ -116,11 +104,11 @@ async def logs(request: web.Request) -> web.StreamResponse:
         raise json_error(400, "lines must be a whole number") from None
     preview = supervisor.get(session)
     if request.query.get("follow") not in ("1", "true"):
-        lines = preview.log.tail(count) if preview is not None and preview.log.count else _file_tail(supervisor, session, count)
+        lines = supervisor.log_lines(session, count)
         state = preview.state.value if preview else PreviewState.STOPPED.value
         return web.json_response({"success": True, "sessionId": session, "state": state, "lines": lines})
     if preview is None:
-        preview = supervisor.track(session, thread_folder(supervisor.settings.workspace_path, thread))
+        preview = supervisor.track(session, _folder(supervisor, thread, session))
     response = web.StreamResponse(
         headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )

@@ -34,12 +34,12 @@ from preview.ports import NoFreePort, PortPool
 from preview.process import ManagedProcess, spawn
 from preview.procs import group_members, rss_bytes
 
+LOG_FILE_TAIL_BYTES = 256 * 1024  # read from the end of a log file for its last lines
 log = logging.getLogger("edge.preview")
 
 MAX_RESTARTS = 3  # crashes in a row before a preview is failed
 STABLE_SECONDS = 60.0  # a server that was ready this long has its crash count reset
 FAILED_RETRY_SECONDS = 15.0  # a failed preview is retried on demand after this
-STOP_GRACE = 5.0
 PORT_ATTEMPTS = 3
 POLL_INTERVAL = 0.15
 PORT_TAKEN = "is in use, trying another one"  # Vite moves to another port instead of failing
@@ -162,6 +162,20 @@ class PreviewSupervisor:
 
     def get(self, session_id: str) -> Preview | None:
         return self.previews.get(session_id)
+
+    def log_lines(self, session_id: str, count: int) -> list[str]:
+        """The last lines of a preview's log: from memory, else from its file (a preview run before a restart)."""
+        preview = self.previews.get(session_id)
+        if preview is not None and preview.log.count:
+            return preview.log.tail(count)
+        path = self.log_dir / f"{session_id}.log"
+        try:
+            with path.open("rb") as handle:
+                handle.seek(max(0, path.stat().st_size - LOG_FILE_TAIL_BYTES))
+                data = handle.read()
+        except OSError:
+            return []
+        return data.decode("utf-8", "replace").splitlines()[-count:] if count else []
 
     def track(self, session_id: str, folder: Path) -> Preview:
         """The session's preview record (created stopped), so its log can be followed before it starts."""
@@ -392,10 +406,8 @@ class PreviewSupervisor:
         finally:
             try:
                 if proc is not None:
-                    await proc.stop(STOP_GRACE)
+                    await proc.stop()  # ends with SIGKILL to the whole group, whatever happens
             finally:
-                if proc is not None:
-                    proc.kill_now()
                 self.ports.release(port)
 
     # -- idle and capacity -------------------------------------------------------------------

@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import AsyncIterator, Awaitable, Callable
-
 from aiohttp import web
 
 from edge.fastpath import FAST_PATH
 from edge.proxylog import JsonLines, ProxyLog
 from edge.server import start_edge
 from tests.fixtures_rawhttp import add_route, open_raw, read_response, request
+from tests.upstreams import canned, raw_upstream, read_head
 
 # Headers only one of the two servers writes by itself (aiohttp's server signs its answers).
 OWN_HEADERS = {"date", "server"}
@@ -27,20 +25,6 @@ OWN_HEADERS = {"date", "server"}
 
 def fast(edge_server):
     return edge_server.app[FAST_PATH]
-
-
-@asynccontextmanager
-async def raw_upstream(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> AsyncIterator[str]:
-    """An upstream that writes whatever bytes ``handle`` writes (for framings aiohttp's server never uses)."""
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-
-
-async def read_head(reader: asyncio.StreamReader) -> bytes:
-    return await reader.readuntil(b"\r\n\r\n")
 
 
 async def test_plain_gets_take_the_fast_path_and_anything_else_hands_the_connection_over(edge, recording_upstream):
@@ -151,9 +135,9 @@ async def test_an_upstream_that_drops_a_kept_alive_connection_gets_the_request_a
         await reader.readuntil(b"\r\n\r\n")  # the next request on this connection is dropped
         writer.close()
 
-    async with raw_upstream(one_answer_per_connection) as origin:
+    async with await raw_upstream(one_answer_per_connection) as upstream:
         server = await edge()
-        add_route(server, "s1", origin)
+        add_route(server, "s1", upstream.origin)
         reader, writer = await open_raw(server.port)
         writer.write(request("GET", "/session/s1/a"))
         first = await read_response(reader)
@@ -183,10 +167,10 @@ async def test_chunked_and_close_delimited_bodies_reach_the_client_whole(edge):
         writer.write(b"until close")
         writer.close()
 
-    async with raw_upstream(chunked) as chunked_origin, raw_upstream(until_close) as close_origin:
+    async with await raw_upstream(chunked) as chunked_upstream, await raw_upstream(until_close) as closing_upstream:
         server = await edge()
-        add_route(server, "chunked", chunked_origin)
-        add_route(server, "closing", close_origin)
+        add_route(server, "chunked", chunked_upstream.origin)
+        add_route(server, "closing", closing_upstream.origin)
         reader, writer = await open_raw(server.port)
         for session, body in (("chunked", b"hello world"), ("closing", b"streamed until close"), ("chunked", b"hello world")):
             writer.write(request("GET", f"/session/{session}/x"))
@@ -198,16 +182,11 @@ async def test_chunked_and_close_delimited_bodies_reach_the_client_whole(edge):
 
 
 async def test_an_upstream_that_breaks_off_mid_body_cuts_the_client_connection(edge):
-    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-        await writer.drain()
-        writer.close()
-
     stream = io.StringIO()
-    async with raw_upstream(broken) as origin:
+    broken = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    async with await raw_upstream(broken) as upstream:
         server = await edge(proxy_log=ProxyLog([JsonLines(stream=stream)]))
-        add_route(server, "s1", origin)
+        add_route(server, "s1", upstream.origin)
         reader, writer = await open_raw(server.port)
         writer.write(request("GET", "/session/s1/x"))
         head = await read_head(reader)

@@ -7,6 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from control.gitcmd import GitError
 from control.workspaces import WORKSPACES
 from edge import keys, metrics
 from edge.routing import Route
@@ -139,7 +140,7 @@ async def test_execution_and_git_hooks(traffic, tmp_path):
     metrics.observe_execution(app, "cli", False, 0.5)
     git = app[WORKSPACES].git
     await git.run(["init", "-q", str(tmp_path / "repo")], tmp_path)  # real git through the control API's runner
-    with pytest.raises(Exception):
+    with pytest.raises(GitError):
         await git.run(["rev-parse", "HEAD"], tmp_path / "repo")  # no commit yet: fails
     await git.run(["rev-parse", "--verify", "HEAD"], tmp_path / "repo", check=False)  # an expected answer, not a failure
     async with aiohttp.ClientSession(timeout=WAIT) as client:

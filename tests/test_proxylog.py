@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from edge.flow import ProxyFlow
-from edge.proxylog import JsonLines, ProxyLog, redact_header, redact_query
+from edge.proxylog import JsonLines, ProxyLog
+from edge.redact import redact_header, redact_query
 from tests.logged_upstream import PUBLIC_HOST, SECRETS, UPLOAD, logged_edge, secret_traffic, wait_for
 
 

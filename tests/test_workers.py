@@ -19,18 +19,11 @@ from edge.metrics import METRICS
 from edge.server import start_edge
 from edge.settings import Settings, SettingsError
 from edge.workers import WORKERS
+from tests.fixtures_claude import process_gone
 from tests.fixtures_preview import wait_until
 from tests.fixtures_rawhttp import add_route, open_raw, read_response, request
 
 CONNECTIONS = 24
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def worker_stats(app) -> dict:
@@ -54,7 +47,7 @@ async def test_workers_share_the_port_and_the_main_process_keeps_the_rest(settin
     app = running.runner.app
     pids = [w["pid"] for w in app[WORKERS].health()]
     try:
-        assert len(pids) == 1 and alive(pids[0])
+        assert len(pids) == 1 and not process_gone(pids[0])
         add_route(running.runner, "s1", recording_upstream.origin)
         await wait_until(lambda: worker_stats(app).get("routes") == 1, 10, "the worker has the route")
         answers = [await get_and_post(running.port, n) for n in range(CONNECTIONS)]
@@ -84,7 +77,7 @@ async def test_workers_share_the_port_and_the_main_process_keeps_the_rest(settin
             assert response is not None and response.status == 404
     finally:
         await running.runner.cleanup()
-    assert not alive(pids[0])
+    assert process_gone(pids[0])
 
 
 async def test_a_worker_that_dies_is_started_again(settings):
@@ -95,7 +88,7 @@ async def test_a_worker_that_dies_is_started_again(settings):
         os.kill(first, signal.SIGKILL)
         await wait_until(lambda: [w["pid"] for w in app[WORKERS].health()] not in ([], [first]), 10, "a new worker")
         second = app[WORKERS].health()[0]["pid"]
-        assert alive(second)
+        assert not process_gone(second)
         reader, writer = await open_raw(running.port)
         writer.write(request("GET", "/health"))
         assert (await read_response(reader)).status == 200
@@ -103,7 +96,7 @@ async def test_a_worker_that_dies_is_started_again(settings):
     finally:
         await running.runner.cleanup()
     await asyncio.sleep(0)
-    assert not alive(second)
+    assert process_gone(second)
 
 
 def test_edge_workers_is_checked():

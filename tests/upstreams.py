@@ -238,6 +238,12 @@ class RawServer:
         self.server.close()
         await self.server.wait_closed()
 
+    async def __aenter__(self) -> "RawServer":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
 
 async def read_head(reader: asyncio.StreamReader) -> bytes:
     """Read one HTTP head (up to the blank line)."""

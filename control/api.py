@@ -15,11 +15,11 @@ from aiohttp import web
 from control import gitops
 from control.errors import ControlError
 from control.gitcmd import GitError
-from control.ids import InvalidInput, check_branch, check_id, check_thread_id
+from control.ids import InvalidInput, check_branch, check_id, check_session_name, check_thread_id
 from control.jsonfile import read_json_object as read_json_file
 from control.repourl import parse_repo_url
-from control.sessions import REGISTRY, SessionRegistry, session_id_for
-from control.tracking import TRACKER
+from control.sessions import REGISTRY, SessionRegistry
+from control.threads import ThreadRef, initialise
 from control.workspaces import WORKSPACES, Workspaces, failure
 from edge import keys
 from edge.headers import make_peer
@@ -78,34 +78,37 @@ def _optional(body: dict, name: str, kind: type, default: object = None) -> obje
     return value
 
 
-def _public_origin(request: web.Request) -> str:
+def public_origin(request: web.Request) -> str:
+    """The origin of the preview links we hand out: EDGE_PUBLIC_URL, else what the client (or a trusted
+    proxy's ``X-Forwarded-Host``/``-Proto``) used."""
     settings = request.app[keys.SETTINGS]
+    if settings.public_url:
+        return settings.public_url
     peer = make_peer(request.remote, request.headers, request.scheme, settings.trusted_proxies)
     return f"{peer.scheme}://{peer.host}"
 
 
 @_api
 async def init(request: web.Request) -> web.Response:
-    """``POST /api/init {clientId, userId, threadId, repoUrl}``: clone if needed, create or resume the thread."""
+    """``POST /api/init {clientId, userId, threadId, repoUrl, sessionId?}``: clone if needed, create or
+    resume the thread (``sessionId``: the caller names the thread's session)."""
     settings = request.app[keys.SETTINGS]
     body = await read_json_object(request, MAX_BODY)
     client_id = check_id("clientId", body.get("clientId", settings.default_client_id))
     user_id = check_id("userId", body.get("userId", settings.default_user_id))
     thread_id = check_thread_id(body.get("threadId"))
+    session_id = body.get("sessionId")
+    if session_id is not None:
+        session_id = check_session_name(session_id)
     raw_url = body.get("repoUrl")
     repo = None if raw_url is None else parse_repo_url(raw_url, settings.git_allowed_hosts, settings.git_allow_local)
-    ws = request.app[WORKSPACES]
-    work = ws.init_thread(client_id, user_id, thread_id, repo)
-    tracker = request.app.get(TRACKER)
-    if tracker is not None:  # status initializing → ready/error, in the registry and DynamoDB
-        preview_url = f"{_public_origin(request)}/session/{session_id_for(client_id, user_id, thread_id)}/"
-        work = tracker.track_init(client_id, user_id, thread_id, preview_url, work)
-    result = await ws.run_detached(work)
+    origin = public_origin(request)
+    result = await initialise(request.app, ThreadRef(client_id, user_id, thread_id), repo, origin=origin, session_id=session_id)
     session = result.session
     return _ok(
         {
             "sessionId": session.session_id,
-            "previewUrl": f"{_public_origin(request)}/session/{session.session_id}/",
+            "previewUrl": f"{origin}/session/{session.session_id}/",
             "branch": session.branch,
             "resumed": result.resumed,
             "cloned": result.cloned,
@@ -185,7 +188,7 @@ async def git_branch(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Create the workspaces and the session registry, and add the routes (before the proxy catch-all)."""
     settings = app[keys.SETTINGS]
-    registry = SessionRegistry(settings.workspace_path)
+    registry = SessionRegistry(settings.workspace_path, settings.session_secret)
     app[REGISTRY] = registry
     app[WORKSPACES] = Workspaces(settings, registry)
     thread = "{client_id}/{user_id}/{thread_id}"

@@ -2,11 +2,17 @@
 
 * ``POST /api/execute {instruction, clientId, userId, threadId, mode, autoCommit}``
   → ``{success, output, filesChanged, mode, durationMs, ...}``; ``mode: "plan"`` makes a plan.
+  Without threadId (Hermes' first instruction: ``{instruction}`` alone) it works on the
+  default thread, opened from the user's clone or DEFAULT_REPO_URL if needed.
 * Hermes (the old container's paths and fields), the session resolved through the registry:
   ``POST /api/claude/<sessionId>/execute {instruction, userEmail, capabilities, autoCommit, planningMode}``
-  → ``{success, summary, filesChanged, requiresApproval, plan, approvalToken, gitCommit, changes}``;
-  ``.../execute-approved {approvalToken}``, ``.../reject-plan {approvalToken}``, ``.../cancel``,
-  ``GET .../status``.
+  → ``{success, summary, filesChanged, requiresApproval, plan, approvalToken, gitCommit, changes}``
+  (a session id the edge does not know becomes a thread: ``control.threads``);
+  ``.../execute-approved {approvalToken}``, ``.../reject-plan {approvalToken}`` (Hermes' own token
+  acts on the session's one pending plan: ``control.runs.PlanStore``), ``.../cancel``, ``GET .../status``.
+
+A JSON answer still running after HERMES_REPLY_SECONDS is ``{success: true, inProgress: true}``:
+the run goes on (and commits); ``GET .../status`` shows it and then its result.
 
 With ``Accept: text/event-stream`` an execution answers with Server-Sent Events
 (``started``, ``session``, ``assistant``, ``tool``, ``file_changed``, ``tool_error``,
@@ -23,11 +29,13 @@ from typing import Callable
 
 from aiohttp import web
 
-from control.api import MAX_BODY, _api, _ok
+from control.api import MAX_BODY, _api, _ok, public_origin
+from control.errors import ControlError
 from control.executors import make_executor
-from control.ids import InvalidInput, check_id, check_thread_id
+from control.ids import InvalidInput, check_id, check_session_name, check_thread_id
 from control.runs import RUNNER, Run, Runner, is_destructive
 from control.sessions import REGISTRY
+from control.threads import THREADS, ThreadOpener, ThreadRef
 from control.workspaces import WORKSPACES
 from edge import keys, stopping
 from edge.jsonbody import read_json_object
@@ -63,18 +71,25 @@ def _ready(app: web.Application, key: tuple[str, str, str]) -> None:
         raise ws.not_ready(*key)
 
 
-def _session_thread(request: web.Request) -> tuple[str, str, str]:
-    """sessionId → (client, user, thread) via the registry; unknown ids are threads of the default user."""
+def _known_session(request: web.Request) -> ThreadRef:
+    """The thread of a session the edge knows (registered); else the 404 Hermes reads as "session not found"."""
     session_id = check_id("sessionId", request.match_info["session_id"])
     session = request.app[REGISTRY].get(session_id)
-    if session is not None:
-        return session.client_id, session.user_id, session.thread_id
-    settings = request.app[keys.SETTINGS]
-    return (
-        check_id("clientId", settings.default_client_id),
-        check_id("userId", settings.default_user_id),
-        check_thread_id(session_id),
-    )
+    if session is None:
+        raise ControlError(
+            404, f"Session not found: {session_id!r} is not a session of this editing environment",
+            hint="a session starts with POST /api/claude/<sessionId>/execute or /api/init",
+        )
+    return ThreadRef(*session.key)
+
+
+def _user_email(body: dict) -> str:
+    value = body.get("userEmail")
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 254 or any(c in value for c in "\0\r\n"):
+        raise InvalidInput("userEmail must be an e-mail address of at most 254 characters")
+    return value
 
 
 def _status(result: dict) -> int:
@@ -86,27 +101,43 @@ def _public(result: dict) -> dict:
 
 
 def _hermes(result: dict) -> dict:
+    """The old container's answer, in the shapes Hermes' emails print well, with the richer fields alongside."""
     commit = result.get("commit") or {}
+    committed = commit.get("commit") if commit.get("committed") else None
     body = {
+        **_public(result),
         "success": result["success"],
-        "summary": result.get("output") or result.get("error") or "",
-        "filesChanged": result["filesChanged"],
+        "summary": result.get("summary") or "",
+        "message": result.get("summary") or "",
+        "filesChanged": result.get("filesChanged", []),
         "requiresApproval": bool(result.get("requiresApproval")),
         "plan": result.get("plan"),
         "approvalToken": result.get("approvalToken"),
-        "gitCommit": commit.get("commit") if commit.get("committed") else None,
-        "changes": result["changes"],
-        "mode": result["mode"],
-        "durationMs": result["durationMs"],
-        "runId": result["runId"],
-        "threadId": result["threadId"],
+        "gitCommit": committed[:7] if committed else None,
+        "gitCommitFull": committed,
+        "changes": result.get("changes", []),
     }
-    for name in ("error", "expiresAt", "cancelled", "agentSessionId", "costUsd"):
-        if result.get(name) is not None:
-            body[name] = result[name]
     if commit.get("pushed") is not None:
         body["pushed"] = commit["pushed"]
     return body
+
+
+def _in_progress(run: Run) -> dict:
+    """Hermes' answer for a run still going when its 300 s are nearly up: the run goes on and commits."""
+    return {
+        "success": True,
+        "inProgress": True,
+        "summary": "I'm still working on this change. The preview will update when it is done.",
+        "runId": run.run_id,
+        "threadId": run.thread_id,
+        "requiresApproval": False,
+        "plan": None,
+        "approvalToken": None,
+        "filesChanged": [],
+        "changes": [],
+        "gitCommit": None,
+        "status": 200,
+    }
 
 
 def _wants_stream(request: web.Request) -> bool:
@@ -120,8 +151,10 @@ def _sse(event: str, data: dict) -> bytes:
 async def _answer(request: web.Request, run: Run, render: Render, final_event: str | None = None) -> web.StreamResponse:
     """The run's result as JSON (waiting for it), or its events as they happen."""
     if not _wants_stream(request):
-        # shield: the handler may be cancelled (client gone), the run must not be.
-        result = await asyncio.shield(run.task)  # type: ignore[arg-type]
+        # asyncio.wait never cancels the run, whether it times out or the handler is cancelled (client gone).
+        limit = request.app[keys.SETTINGS].hermes_reply_seconds or None
+        done, _ = await asyncio.wait({run.task}, timeout=limit)  # type: ignore[arg-type]
+        result = run.task.result() if done else _in_progress(run)  # type: ignore[union-attr]
         return web.json_response(render(result), status=_status(result))
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -142,32 +175,41 @@ async def _answer(request: web.Request, run: Run, render: Render, final_event: s
 
 @_api
 async def execute(request: web.Request) -> web.StreamResponse:
-    """``POST /api/execute``: run an instruction on a thread."""
+    """``POST /api/execute``: run an instruction on a thread (none named: the default thread, opened if needed)."""
     settings = request.app[keys.SETTINGS]
     body = await read_json_object(request, MAX_BODY)
     instruction = _instruction(body)
-    key = (
-        check_id("clientId", body.get("clientId", settings.default_client_id)),
-        check_id("userId", body.get("userId", settings.default_user_id)),
-        check_thread_id(body.get("threadId")),
-    )
     mode = body.get("mode")
     if mode is not None and not isinstance(mode, str):
         raise InvalidInput("mode must be a string")
     auto_commit = _flag(body, "autoCommit", True)
+    if body.get("threadId") is None and body.get("clientId") is None and body.get("userId") is None:
+        key = await request.app[THREADS].default_thread(public_origin(request))  # Hermes' first instruction
+    else:
+        key = ThreadRef(
+            check_id("clientId", body.get("clientId", settings.default_client_id)),
+            check_id("userId", body.get("userId", settings.default_user_id)),
+            check_thread_id(body.get("threadId", settings.default_thread_id)),
+        )
     _ready(request.app, key)
     run = request.app[RUNNER].start(*key, instruction, plan_only=(mode or "").lower() in PLAN_WORDS, auto_commit=auto_commit)
-    return await _answer(request, run, _public)
+    return await _answer(request, run, _hermes)  # Hermes' first call reads the same fields as its later ones
 
 
 @_api
 async def hermes_execute(request: web.Request) -> web.StreamResponse:
-    """``POST /api/claude/<sessionId>/execute``: Hermes' call; destructive instructions get a plan first."""
-    key = _session_thread(request)
+    """``POST /api/claude/<sessionId>/execute``: Hermes' call; destructive instructions get a plan first.
+
+    A session id the edge does not know yet becomes a thread of the default user (``control.threads``)."""
+    session_id = check_id("sessionId", request.match_info["session_id"])
     body = await read_json_object(request, MAX_BODY)
     instruction = _instruction(body)
     auto_commit = _flag(body, "autoCommit", True)
     planning = _flag(body, "planningMode", False) or is_destructive(instruction)
+    email = _user_email(body)
+    if request.app[REGISTRY].get(session_id) is None:
+        check_session_name(session_id)
+    key = await request.app[THREADS].hermes_session(session_id, public_origin(request), email)
     _ready(request.app, key)
     run = request.app[RUNNER].start(*key, instruction, plan_only=planning, auto_commit=auto_commit)
     return await _answer(request, run, _hermes, "result")
@@ -175,15 +217,15 @@ async def hermes_execute(request: web.Request) -> web.StreamResponse:
 
 def _approval_token(body: dict) -> str:
     token = body.get("approvalToken")
-    if not isinstance(token, str) or not token:
-        raise InvalidInput("approvalToken is required")
+    if not isinstance(token, str) or not token or len(token) > 512:
+        raise InvalidInput("approvalToken is required: a string")
     return token
 
 
 @_api
 async def execute_approved(request: web.Request) -> web.StreamResponse:
     """``POST /api/claude/<sessionId>/execute-approved {approvalToken}``: run exactly the stored plan."""
-    key = _session_thread(request)
+    key = _known_session(request)
     body = await read_json_object(request, MAX_BODY)
     token = _approval_token(body)
     _ready(request.app, key)
@@ -194,17 +236,18 @@ async def execute_approved(request: web.Request) -> web.StreamResponse:
 @_api
 async def reject_plan(request: web.Request) -> web.Response:
     """``POST /api/claude/<sessionId>/reject-plan {approvalToken}``: discard the plan; nothing changes."""
-    key = _session_thread(request)
+    key = _known_session(request)
     body = await read_json_object(request, MAX_BODY)
     token = _approval_token(body)
     plan = request.app[RUNNER].reject(token, key)
-    return _ok({"rejected": True, "instruction": plan.instruction, "threadId": plan.thread_id})
+    return _ok({"rejected": True, "planId": plan.plan_id, "instruction": plan.instruction, "threadId": plan.thread_id,
+                "summary": "The plan was discarded; nothing was changed."})
 
 
 @_api
 async def cancel(request: web.Request) -> web.Response:
     """``POST /api/claude/<sessionId>/cancel``: stop the running execution and wait until it has stopped."""
-    key = _session_thread(request)
+    key = _known_session(request)
     await read_json_object(request, MAX_BODY)
     run = request.app[RUNNER].active(*key)
     if run is None or not run.cancel():
@@ -216,10 +259,16 @@ async def cancel(request: web.Request) -> web.Response:
 @_api
 async def status(request: web.Request) -> web.Response:
     """``GET /api/claude/<sessionId>/status``: the running execution, if any, and its events so far."""
-    key = _session_thread(request)
-    run = request.app[RUNNER].active(*key)
+    key = _known_session(request)
+    runner = request.app[RUNNER]
+    run = runner.active(*key)
     if run is None:
-        return _ok({"running": False, "threadId": key[2], "mode": request.app[RUNNER].executor.name})
+        last = runner.last_result(key)
+        return _ok({
+            "running": False, "threadId": key[2], "mode": runner.executor.name,
+            "pendingPlans": [p.summary() for p in runner.plans.pending(key)],
+            **({"lastResult": _hermes(last)} if last is not None else {}),
+        })
     return _ok({
         "running": True, "threadId": key[2], "runId": run.run_id, "instruction": run.instruction,
         "mode": request.app[RUNNER].executor.name, "events": run.events,
@@ -229,6 +278,7 @@ async def status(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Add the Claude routes (call after ``control.api.setup``: it creates the workspaces)."""
     app[RUNNER] = Runner(app[WORKSPACES], make_executor(app[keys.SETTINGS]))
+    app[THREADS] = ThreadOpener(app)
     stopping.add_drain(app, app[RUNNER].drain)
     app.router.add_post("/api/execute", execute)
     session = "/api/claude/{session_id}"

@@ -16,7 +16,6 @@ from control.gitcmd import GitError
 from control.ids import check_branch
 from control.jsonfile import read_json_object, write_json_atomic
 from control.repourl import pull_request_url
-from control.sessions import session_id_for
 from control.workspaces import Workspaces, failure
 
 CHANGE_KINDS = ("modified", "added", "deleted", "untracked", "conflicted")
@@ -348,7 +347,7 @@ async def switch_branch(
 
 
 def _remember_branch(ws: Workspaces, client_id: str, user_id: str, thread_id: str, branch: str) -> None:
-    ws.registry.update(session_id_for(client_id, user_id, thread_id), branch=branch)
+    ws.registry.update(ws.registry.session_id_of(client_id, user_id, thread_id), branch=branch)
     path = ws.context_path(client_id, user_id, thread_id)
     context = read_json_object(path)
     if context is not None:

@@ -13,6 +13,7 @@ from edge.hostpolicy import is_session_id
 
 THREAD_BRANCH_PREFIX = "thread-"
 
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _BRANCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
 
 
@@ -35,6 +36,18 @@ def check_id(name: str, value: object) -> str:
             "no leading '.' or '-', no '..', at most 64 characters)"
         )
     return value
+
+
+def check_session_name(value: object) -> str:
+    """A session id a caller chooses (Hermes' uuids): a valid thread id that is also one DNS label
+    (lower-case letters, digits and single '-'), so it works as ``/session/<id>/`` and as a host."""
+    session_id = check_thread_id(value)
+    if not _LABEL_RE.fullmatch(session_id) or "--" in session_id:
+        raise InvalidInput(
+            f"sessionId {session_id[:80]!r} must be lower-case letters, digits and single '-' "
+            "(at most 63 characters, starting and ending with a letter or digit)"
+        )
+    return session_id
 
 
 def check_thread_id(value: object) -> str:

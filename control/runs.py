@@ -13,8 +13,9 @@ Each run is recorded in the thread context file (unknown keys kept): the
 instruction, mode, summary, files, commit and timings, and for claude-code
 the agent's session id, which the next run resumes (``--resume``).
 
-Plans live in memory (an edge restart forgets them: 404): a random,
-single-use token that expires after PLAN_TTL_SECONDS.
+Plans are kept in ``WORKSPACE_PATH/.edge/plans.json`` (``PlanStore``): each is
+approved or rejected once, with the edge's token or Hermes' own, and expires
+after PLAN_TTL_SECONDS.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from control import gitops
 from control.errors import ControlError
 from control.executors import Executor, ExecutionError, RunRequest, RunResult
 from control.jsonfile import read_json_object, write_json_atomic
-from control.sessions import session_id_for
 from control.workspaces import Workspaces
 
 log = logging.getLogger("edge.control.runs")
 
+PLANS_FILE = Path(".edge") / "plans.json"
 MAX_HISTORY = 50  # instructions kept in the context file
 PROMPT_HISTORY = 5  # instructions summarised in the next prompt
 COMMIT_SUBJECT = 72
@@ -123,7 +124,9 @@ class Run:
 
 @dataclass
 class Plan:
-    token: str
+    """A plan awaiting approval. Its tokens are kept as SHA-256 hashes only (never on disk in clear)."""
+
+    plan_id: str
     client_id: str
     user_id: str
     thread_id: str
@@ -132,42 +135,130 @@ class Plan:
     auto_commit: bool
     created: float
     expires: float
-    used: bool = False
+    token_hashes: list[str] = field(default_factory=list)
+    used: str = ""  # "", "approved" or "rejected"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.client_id, self.user_id, self.thread_id)
+
+    def as_json(self) -> dict:
+        return {
+            "planId": self.plan_id, "clientId": self.client_id, "userId": self.user_id, "threadId": self.thread_id,
+            "instruction": self.instruction, "plan": self.plan, "autoCommit": self.auto_commit,
+            "created": self.created, "expires": self.expires, "tokenHashes": self.token_hashes, "used": self.used,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        return cls(
+            str(data["planId"]), str(data["clientId"]), str(data["userId"]), str(data["threadId"]),
+            str(data["instruction"]), str(data["plan"]), bool(data["autoCommit"]),
+            float(data["created"]), float(data["expires"]),
+            [str(h) for h in data.get("tokenHashes") or []], str(data.get("used") or ""),
+        )
+
+    def summary(self) -> dict:
+        """What a caller may see of a plan (never its tokens)."""
+        return {"planId": self.plan_id, "instruction": self.instruction[:200], "createdAt": iso(self.created),
+                "expiresAt": iso(self.expires)}
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class PlanStore:
-    """Plans awaiting approval, by a random single-use token."""
+    """Plans awaiting approval, persisted in ``WORKSPACE_PATH/.edge/plans.json`` (so a restart loses none).
 
-    def __init__(self, ttl: float) -> None:
+    A token the edge issued names its plan. Hermes discards that token and
+    approves with one it made itself: an unknown token then acts on the
+    session's single pending plan and is bound to it, so it cannot be used
+    again (several pending: 409; none: 404). A plan is approved or rejected
+    once; used and expired plans answer 410 for a while, then are forgotten.
+    """
+
+    def __init__(self, ttl: float, path: Path | None = None) -> None:
         self.ttl = ttl
+        self.path = path
         self._plans: dict[str, Plan] = {}
+        self._by_token: dict[str, str] = {}
+        data = read_json_object(path) if path is not None else None
+        for entry in (data or {}).get("plans") or []:
+            try:
+                self._keep(Plan.from_json(entry))
+            except (KeyError, TypeError, ValueError):
+                log.warning("ignoring a malformed plan in %s", path)
+        self._prune()
 
-    def add(self, run: Run, plan: str) -> Plan:
+    def add(self, run: Run, plan: str) -> tuple[Plan, str]:
+        """Store a new plan; returns it and its token (the only time the token exists in clear)."""
         self._prune()
         now = time.time()
+        token = secrets.token_urlsafe(24)
         entry = Plan(
-            secrets.token_urlsafe(24), run.client_id, run.user_id, run.thread_id,
-            run.instruction, plan, run.auto_commit, now, now + self.ttl,
+            secrets.token_hex(8), run.client_id, run.user_id, run.thread_id,
+            run.instruction, plan, run.auto_commit, now, now + self.ttl, [_token_hash(token)],
         )
-        self._plans[entry.token] = entry
-        return entry
+        self._keep(entry)
+        self._save()
+        return entry, token
 
-    def get(self, token: object, key: tuple[str, str, str]) -> Plan:
-        """The usable plan of this thread; 404 unknown (or another thread's), 410 used or expired."""
-        plan = self._plans.get(token) if isinstance(token, str) else None
-        if plan is None or (plan.client_id, plan.user_id, plan.thread_id) != key:
-            raise ControlError(404, "unknown approvalToken (plans are kept in memory: it may predate a restart)")
+    def pending(self, key: tuple[str, str, str]) -> list[Plan]:
+        now = time.time()
+        return [p for p in self._plans.values() if p.key == key and not p.used and now < p.expires]
+
+    def resolve(self, token: object, key: tuple[str, str, str]) -> Plan:
+        """The usable plan a token names on this thread (binding an unknown token to the single pending plan).
+
+        404 unknown (or another thread's) with nothing pending, 409 several pending, 410 used or expired.
+        """
+        if not isinstance(token, str) or not token:
+            raise ControlError(400, "approvalToken is required")
+        digest = _token_hash(token)
+        plan = self._plans.get(self._by_token.get(digest, ""))
+        if plan is None or plan.key != key:
+            pending = self.pending(key)
+            if not pending:
+                raise ControlError(404, "no plan is waiting for approval in this session (it may have expired)")
+            if len(pending) > 1:
+                raise ControlError(
+                    409, "several plans are waiting in this session; approve one with the approvalToken the edge gave it",
+                    plans=[p.summary() for p in sorted(pending, key=lambda p: p.created)],
+                )
+            plan = pending[0]
+            plan.token_hashes.append(digest)
+            self._by_token[digest] = plan.plan_id
+            self._save()
         if plan.used:
-            raise ControlError(410, "this approvalToken was already used (approved or rejected)")
+            raise ControlError(410, f"this plan was already {plan.used}", planId=plan.plan_id)
         if time.time() >= plan.expires:
-            raise ControlError(410, "this approvalToken has expired; ask for a new plan", expiredAt=iso(plan.expires))
+            raise ControlError(410, "this plan has expired; ask for a new plan", expiredAt=iso(plan.expires))
         return plan
 
+    def mark(self, plan: Plan, outcome: str) -> None:
+        """Spend a plan (``approved`` or ``rejected``): it can never run again."""
+        plan.used = outcome
+        self._save()
+
+    def _keep(self, plan: Plan) -> None:
+        self._plans[plan.plan_id] = plan
+        for digest in plan.token_hashes:
+            self._by_token[digest] = plan.plan_id
+
     def _prune(self) -> None:
-        # Used and expired tokens are kept a while longer so that they answer 410, not 404.
+        # Used and expired plans are kept a while longer so that their tokens answer 410, not 404.
         horizon = time.time() - max(self.ttl, 600.0)
-        for token in [t for t, p in self._plans.items() if p.expires < horizon]:
-            del self._plans[token]
+        for plan in [p for p in self._plans.values() if p.expires < horizon]:
+            del self._plans[plan.plan_id]
+            for digest in plan.token_hashes:
+                self._by_token.pop(digest, None)
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        write_json_atomic(self.path, {"version": 1, "plans": [p.as_json() for p in self._plans.values()]})
+        os.chmod(self.path, 0o600)
 
 
 def _digest(path: Path) -> str | None:
@@ -191,8 +282,9 @@ class Runner:
         self.ws = ws
         self.settings = ws.settings
         self.executor = executor
-        self.plans = PlanStore(self.settings.plan_ttl_seconds)
+        self.plans = PlanStore(self.settings.plan_ttl_seconds, ws.root / PLANS_FILE)
         self._active: dict[tuple[str, str, str], Run] = {}
+        self._last: dict[tuple[str, str, str], dict] = {}  # each thread's last result (status after "inProgress")
         self._tasks: set[asyncio.Task] = set()
         # Told of each finished run (mode, success, seconds): the edge's metrics.
         self.observer: Callable[[str, bool, float], None] | None = None
@@ -204,6 +296,10 @@ class Runner:
 
     def active(self, client_id: str, user_id: str, thread_id: str) -> Run | None:
         return self._active.get((client_id, user_id, thread_id))
+
+    def last_result(self, key: tuple[str, str, str]) -> dict | None:
+        """The thread's last finished run since the edge started (Hermes' status after an ``inProgress``)."""
+        return self._last.get(tuple(key))  # type: ignore[arg-type]
 
     def check_idle(self, client_id: str, user_id: str, thread_id: str) -> None:
         running = self.active(client_id, user_id, thread_id)
@@ -230,15 +326,15 @@ class Runner:
         return run
 
     def approve(self, token: object, key: tuple[str, str, str]) -> Run:
-        """Execute exactly the stored plan (the token is spent only when the run starts)."""
-        plan = self.plans.get(token, key)
+        """Execute exactly the stored plan (the plan is spent only when the run starts)."""
+        plan = self.plans.resolve(token, key)
         self.check_idle(*key)
-        plan.used = True
+        self.plans.mark(plan, "approved")
         return self.start(*key, plan.instruction, auto_commit=plan.auto_commit, approved_plan=plan.plan)
 
     def reject(self, token: object, key: tuple[str, str, str]) -> Plan:
-        plan = self.plans.get(token, key)
-        plan.used = True
+        plan = self.plans.resolve(token, key)
+        self.plans.mark(plan, "rejected")
         return plan
 
     async def drain(self, timeout: float) -> None:
@@ -273,6 +369,7 @@ class Runner:
         if self.observer is not None:
             self.observer(self.executor.name, bool(result["success"]), time.monotonic() - begin)
         run.result = result
+        self._last[run.key] = result
         run.emit({"type": "done" if result["success"] else "error", "result": result})
         return result
 
@@ -300,8 +397,11 @@ class Runner:
                 run.emit({"type": "committed", "commit": commit.get("commit"), "files": commit.get("files", [])})
         result = self._result(run, begin, outcome, changes, commit, 200 if outcome.success else run.failure_status)
         if run.plan_only and outcome.success:
-            plan = self.plans.add(run, outcome.output)
-            result.update(plan=plan.plan, approvalToken=plan.token, requiresApproval=True, expiresAt=iso(plan.expires))
+            plan, token = self.plans.add(run, outcome.output)
+            result.update(
+                plan=plan.plan, planId=plan.plan_id, approvalToken=token, requiresApproval=True,
+                expiresAt=iso(plan.expires), summary=PLAN_SUMMARY,
+            )
         self._record(run, outcome, result)
         return result
 
@@ -347,8 +447,10 @@ class Runner:
         result = {
             "success": outcome.success,
             "output": outcome.output,
+            "summary": run_summary(outcome, changes, commit, cancelled=run.cancel_requested),
             "filesChanged": [change["file"] for change in changes],
-            "changes": changes,
+            "changes": [change_line(change) for change in changes],
+            "fileChanges": changes,
             "mode": self.executor.name,
             "durationMs": int((time.monotonic() - begin) * 1000),
             "runId": run.run_id,
@@ -356,7 +458,7 @@ class Runner:
             "clientId": run.client_id,
             "userId": run.user_id,
             "threadId": run.thread_id,
-            "sessionId": session_id_for(*run.key),
+            "sessionId": self.ws.registry.session_id_of(*run.key),
             "planOnly": run.plan_only,
             "commit": commit,
             "cancelled": run.cancel_requested and not outcome.success,
@@ -394,6 +496,39 @@ class Runner:
             context["claudeSessionId"] = outcome.session_id
         context["lastExecution"] = time.time()
         write_json_atomic(path, context)
+
+
+_ACTIONS = {"added": "Added", "modified": "Modified", "deleted": "Deleted", "reverted": "Reverted"}
+SUMMARY_MAX = 600
+
+
+def change_line(change: dict) -> str:
+    """One change as a line a person reads (Hermes puts each into its email): ``Modified: src/x.astro``."""
+    return f"{_ACTIONS.get(change['action'], change['action'].capitalize())}: {change['file']}"
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
+
+
+def run_summary(outcome: RunResult, changes: list[dict], commit: dict | None, *, cancelled: bool = False) -> str:
+    """What happened, in words a site owner reads in an email."""
+    if not outcome.success:
+        if cancelled:
+            return "The change was stopped before it finished; nothing was saved."
+        return _sentence(f"I could not complete this change: {outcome.error or 'the assistant reported an error'}")
+    said = _sentence(outcome.output) if outcome.output.strip() else ""
+    if said:
+        return said
+    if not changes:
+        return "Done; no files needed to change."
+    files = ", ".join(change["file"] for change in changes[:5]) + (" and more" if len(changes) > 5 else "")
+    saved = " and saved it" if commit and commit.get("committed") else ""
+    return f"I updated {files}{saved}. The preview shows the result."
+
+
+PLAN_SUMMARY = "I have a plan for this change and will wait for your approval before making it."
 
 
 def _history(context: dict) -> str:

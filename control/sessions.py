@@ -1,11 +1,16 @@
 """The session registry: sessionId → the thread it previews (client, user, thread, branch, worktree).
 
-A session id is derived from the thread, so the same thread always gets the
-same id, across restarts and repeated ``/api/init`` calls. It is a lower-case
+A thread has one session id. The edge derives it from the thread, so the same
+thread always gets the same id across restarts and repeated ``/api/init``
+calls (ids issued before stay valid: they are in the registry); a caller may name it instead (Hermes names sessions with its own
+uuids, see ``control.hermes``), and then the registry remembers that id for
+the thread. A derived id is a lower-case
 DNS label (``[a-z0-9-]``, at most 63 characters, no ``--``) because sessions
 are addressed both as ``/session/<id>/`` and as ``<id>--edit.<domain>``:
-a readable part of the threadId plus a hash of (clientId, userId, threadId),
-so that equal threadIds of different users never share a session.
+a readable part of the threadId plus an HMAC of (clientId, userId, threadId)
+keyed with EDGE_SESSION_SECRET or a key made once in ``.edge/session-secret``,
+so that equal threadIds of different users never share a session and nobody
+can compute a session's link from its ids.
 
 The registry is one JSON file, ``WORKSPACE_PATH/.edge/sessions.json``
 (a dot folder: no id can start with '.', so no client folder can clash),
@@ -21,8 +26,11 @@ EFS/NFS, and one edge process owns it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import os
 import re
+import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,15 +43,38 @@ from control.jsonfile import read_json_object, write_json_atomic
 log = logging.getLogger("edge.control.sessions")
 
 REGISTRY_FILE = Path(".edge") / "sessions.json"
+SECRET_FILE = Path(".edge") / "session-secret"
 _STEM_MAX = 40
 STATUSES = ("initializing", "ready", "idle", "error")
 
 
-def session_id_for(client_id: str, user_id: str, thread_id: str) -> str:
-    """The session id of a thread: ``<threadId as a label>-<10 hex digits>``."""
-    digest = hashlib.sha256(f"{client_id}\0{user_id}\0{thread_id}".encode()).hexdigest()[:10]
+def session_id_for(client_id: str, user_id: str, thread_id: str, key: bytes) -> str:
+    """The session id the edge derives for a thread: ``<threadId as a label>-<16 hex digits of an HMAC>``.
+
+    Keyed, so nobody who knows or guesses the ids can compute a preview link.
+    """
+    digest = hmac.new(key, f"{client_id}\0{user_id}\0{thread_id}".encode(), hashlib.sha256).hexdigest()[:16]
     stem = re.sub(r"[^a-z0-9]+", "-", thread_id.lower()).strip("-")[:_STEM_MAX].strip("-") or "thread"
     return f"{stem}-{digest}"
+
+
+def session_key(workspace_path: Path, configured: str | None = None) -> bytes:
+    """EDGE_SESSION_SECRET, else the workspace's own key (made once, mode 0600, kept with the registry)."""
+    if configured:
+        return configured.encode()
+    path = workspace_path / SECRET_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))
+    return path.read_bytes().strip()
 
 
 @dataclass(frozen=True)
@@ -62,6 +93,11 @@ class ThreadSession:
     status: str = "ready"  # one of STATUSES
     last_activity: float = 0.0  # wall clock; 0: none recorded
     preview_url: str = ""
+    user_email: str = ""  # Hermes' userEmail, when Hermes named the session (its DynamoDB range key)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.client_id, self.user_id, self.thread_id)
 
     def as_json(self) -> dict:
         return {
@@ -77,6 +113,7 @@ class ThreadSession:
             "status": self.status,
             "lastActivity": self.last_activity,
             "previewUrl": self.preview_url,
+            **({"userEmail": self.user_email} if self.user_email else {}),
         }
 
     @classmethod
@@ -94,16 +131,21 @@ class ThreadSession:
             status=data["status"] if data.get("status") in STATUSES else "ready",
             last_activity=float(data.get("lastActivity") or 0.0),
             preview_url=str(data.get("previewUrl") or ""),
+            user_email=str(data.get("userEmail") or ""),
         )
 
 
 class SessionRegistry:
     """sessionId → ThreadSession, kept in memory and persisted on every change."""
 
-    def __init__(self, workspace_path: Path) -> None:
+    def __init__(self, workspace_path: Path, secret: str | None = None) -> None:
         self.path = workspace_path / REGISTRY_FILE
+        self._workspace = workspace_path
+        self._secret = secret
+        self._key: bytes | None = None
         self._sessions: dict[str, ThreadSession] = {}
         self._listeners: list[Listener] = []
+        self._by_thread: dict[tuple[str, str, str], str] = {}
         self._dirty = False
         data = read_json_object(self.path)
         if data is None:
@@ -112,9 +154,19 @@ class SessionRegistry:
             data = {}
         for session_id, entry in (data.get("sessions") or {}).items():
             try:
-                self._sessions[session_id] = ThreadSession.from_json(entry)
+                entry = ThreadSession.from_json(entry)
             except (KeyError, TypeError, ValueError):
                 log.warning("ignoring a malformed entry %r in %s", session_id, self.path)
+                continue
+            self._sessions[session_id] = entry
+            self._by_thread[entry.key] = session_id
+
+    @property
+    def key(self) -> bytes:
+        """The key of derived session ids (read or made when first needed)."""
+        if self._key is None:
+            self._key = session_key(self._workspace, self._secret)
+        return self._key
 
     def get(self, session_id: str) -> ThreadSession | None:
         """The thread a session previews, or None."""
@@ -122,7 +174,13 @@ class SessionRegistry:
 
     def find(self, client_id: str, user_id: str, thread_id: str) -> ThreadSession | None:
         """The session of a thread, if it was initialised."""
-        return self._sessions.get(session_id_for(client_id, user_id, thread_id))
+        session_id = self._by_thread.get((client_id, user_id, thread_id))
+        return self._sessions.get(session_id) if session_id is not None else None
+
+    def session_id_of(self, client_id: str, user_id: str, thread_id: str) -> str:
+        """The thread's session id: the registered one, else the one the edge derives for it."""
+        found = self._by_thread.get((client_id, user_id, thread_id))
+        return found if found is not None else session_id_for(client_id, user_id, thread_id, self.key)
 
     def all(self) -> list[ThreadSession]:
         return list(self._sessions.values())
@@ -134,14 +192,21 @@ class SessionRegistry:
     def put(self, session: ThreadSession) -> ThreadSession:
         """Add or update an entry (keeping its first ``created``, activity and preview URL) and persist."""
         old = self._sessions.get(session.session_id)
+        if old is not None and old.key != session.key:
+            raise ValueError(f"session {session.session_id!r} already previews the thread {old.key}")
         if old is not None:
             session = replace(
                 session,
                 created=old.created,
                 last_activity=max(old.last_activity, session.last_activity),
                 preview_url=session.preview_url or old.preview_url,
+                user_email=session.user_email or old.user_email,
             )
+        taken = self._by_thread.get(session.key)
+        if taken is not None and taken != session.session_id:
+            raise ValueError(f"thread {session.key} already has the session {taken!r}")
         self._sessions[session.session_id] = session
+        self._by_thread[session.key] = session.session_id
         self._save()
         self._notify(session.session_id, session)
         return session
@@ -177,8 +242,10 @@ class SessionRegistry:
         return True
 
     def remove(self, session_id: str) -> bool:
-        if self._sessions.pop(session_id, None) is None:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
             return False
+        self._by_thread.pop(session.key, None)
         self._save()
         self._notify(session_id, None)
         return True

@@ -19,7 +19,6 @@ from control import gitops
 from control.api import _api
 from control.errors import ControlError
 from control.ids import InvalidInput, check_id, check_thread_id
-from control.sessions import session_id_for
 from control.tracking import TRACKER, SessionTracker
 from control.workspaces import Workspaces
 from edge import keys
@@ -61,7 +60,7 @@ async def thread_status(request: web.Request) -> web.Response:
     t = check_thread_id(info["thread_id"])
     tracker = request.app[TRACKER]
     ws = tracker.workspaces
-    sid = session_id_for(c, u, t)
+    sid = tracker.registry.session_id_of(c, u, t)
     git = await gitops.status(ws, c, u, t)  # 404 (or 409 while initialising) for an unknown thread
     session = tracker.registry.get(sid)
     view = tracker.view(session) if session is not None else {"sessionId": sid, "status": "ready"}

@@ -23,7 +23,7 @@ from aiohttp import web
 from control.dynamo import DYNAMO, DynamoWriter, session_item
 from control.ids import is_valid_id
 from control.runs import RUNNER
-from control.sessions import REGISTRY, SessionRegistry, ThreadSession, session_id_for
+from control.sessions import REGISTRY, SessionRegistry, ThreadSession
 from control.workspaces import WORKSPACES, Workspaces
 from edge import keys
 from edge.idle import IDLE, IdleWatch
@@ -65,6 +65,9 @@ class SessionTracker:
         self.idle: IdleWatch = app[IDLE]
         self.writer: DynamoWriter | None = app.get(DYNAMO)
         self._beaten: dict[str, float] = {}  # activity already sent by a heartbeat
+        self._published: dict[str, dict] = {}  # the last item queued per session (to expire it on removal)
+        for session in self.registry.all():  # sessions of earlier runs are published once used again
+            self._beaten[session.session_id] = self.last_activity(session)
 
     # -- what a session looks like now ----------------------------------------------------
 
@@ -109,36 +112,42 @@ class SessionTracker:
     # -- DynamoDB -------------------------------------------------------------------------
 
     def publish(self, session: ThreadSession, status: str | None = None) -> None:
+        """Queue the session's state for DynamoDB (Hermes' item shape: ``control.dynamo``)."""
         if self.writer is None:
             return
-        self.writer.put(
-            session_item(
-                session.session_id,
-                session.client_id,
-                session.user_id,
-                session.thread_id,
-                status or self.status(session),
-                session.preview_url,
-                self.settings.container_id,
-                self.last_activity(session),
-            )
+        item = session_item(
+            session.session_id,
+            session.client_id,
+            session.user_email or session.user_id,
+            session.thread_id,
+            status or self.status(session),
+            session.preview_url,
+            self.settings.container_id,
+            self.last_activity(session),
+            branch=session.branch,
+            created=session.created,
         )
+        self._published[session.session_id] = item
+        self.writer.put(item)
 
     def registry_changed(self, session_id: str, session: ThreadSession | None) -> None:
         if session is None:
             self._beaten.pop(session_id, None)
-            if self.writer is not None:
-                self.writer.delete(session_id)
+            last = self._published.pop(session_id, None)
+            if self.writer is not None and last is not None:
+                self.writer.expire(session_id, {**last, "lastActivity": int(time.time() * 1000)})
         else:
             self.publish(session)
 
     async def track_init(
-        self, client_id: str, user_id: str, thread_id: str, preview_url: str, work: Awaitable[T]
+        self, sid: str, client_id: str, user_id: str, thread_id: str, preview_url: str, work: Awaitable[T],
+        user_email: str = "",
     ) -> T:
-        """Run an ``/api/init``, announcing ``initializing`` first and ``ready`` or ``error`` after."""
-        sid = session_id_for(client_id, user_id, thread_id)
+        """Run an ``/api/init`` of session ``sid``, announcing ``initializing`` first and ``ready`` or ``error`` after."""
         known = self.registry.get(sid)
-        draft = known or ThreadSession(sid, client_id, user_id, thread_id, "", "", "", time.time(), time.time())
+        draft = known or ThreadSession(
+            sid, client_id, user_id, thread_id, "", "", "", time.time(), time.time(), user_email=user_email
+        )
         self.publish(draft, "initializing")
         try:
             result = await work
@@ -200,7 +209,7 @@ class SessionTracker:
         ids = (info.get("client_id"), info.get("user_id"), info.get("thread_id"))
         if not all(is_valid_id(part) for part in ids):
             return None
-        sid = session_id_for(*ids)  # type: ignore[arg-type]
+        sid = self.registry.session_id_of(*ids)  # type: ignore[arg-type]
         return sid if self.registry.get(sid) is not None else None
 
 
@@ -221,9 +230,10 @@ async def _tracker_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     await asyncio.wait({task})
     tracker.sync()  # the last activity reaches the file (and, through the writer's flush, DynamoDB)
-    if tracker.writer is not None:
+    if tracker.writer is not None:  # this container no longer serves them: Hermes sees "expired"
         for session in tracker.registry.all():
-            tracker.publish(session)
+            if session.session_id in tracker._published:
+                tracker.publish(session, "expired")
 
 
 def setup(app: web.Application) -> SessionTracker:

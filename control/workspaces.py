@@ -46,7 +46,7 @@ from control.recovery import (
     worktree_admin_dir,
 )
 from control.repourl import RepoUrl, RepoUrlError, parse_repo_url, repo_key
-from control.sessions import SessionRegistry, ThreadSession, session_id_for
+from control.sessions import SessionRegistry, ThreadSession
 from edge.settings import Settings
 from preview.locator import ThreadRef, thread_folder
 
@@ -194,8 +194,36 @@ class Workspaces:
 
     # Initialising a thread -----------------------------------------------
 
-    async def init_thread(self, client_id: str, user_id: str, thread_id: str, repo: RepoUrl | None) -> InitResult:
-        """Clone the user's repository if needed, then create or resume the thread's worktree."""
+    def check_session_id(self, client_id: str, user_id: str, thread_id: str, session_id: str | None) -> str:
+        """The session id the thread gets: ``session_id`` when free for it, else 409; None: the thread's own."""
+        current = self.registry.session_id_of(client_id, user_id, thread_id)
+        if session_id is None or session_id == current:
+            return current
+        if self.registry.find(client_id, user_id, thread_id) is not None:
+            raise ControlError(409, f"thread {thread_id!r} of {client_id}/{user_id} already has the session {current!r}")
+        other = self.registry.get(session_id)
+        if other is not None:
+            raise ControlError(409, f"session {session_id!r} already previews another thread ({other.thread_id!r})")
+        return session_id
+
+    async def init_thread(
+        self,
+        client_id: str,
+        user_id: str,
+        thread_id: str,
+        repo: RepoUrl | None,
+        *,
+        session_id: str | None = None,
+        start_point: str | None = None,
+        user_email: str = "",
+    ) -> InitResult:
+        """Clone the user's repository if needed, then create or resume the thread's worktree.
+
+        ``session_id`` names the thread's session (else the edge derives it); a
+        new thread branches from ``start_point`` (a local branch) when it
+        exists, else from the remote's default branch.
+        """
+        session_id = self.check_session_id(client_id, user_id, thread_id, session_id)
         state = self._states[(client_id, user_id, thread_id)] = ThreadState("waiting")
         try:
             async with self.thread_lock(client_id, user_id, thread_id):
@@ -203,9 +231,13 @@ class Workspaces:
                     state.set("initializing")
                     origin, cloned = await self._ensure_project(client_id, user_id, repo, state)
                     state.set("creating")
-                    branch, resumed = await self._ensure_worktree(client_id, user_id, thread_id, fresh=cloned)
+                    branch, resumed = await self._ensure_worktree(
+                        client_id, user_id, thread_id, fresh=cloned, start_point=start_point
+                    )
                     default_branch = await self.default_branch(client_id, user_id)
-                session = self._record(client_id, user_id, thread_id, branch, origin, default_branch)
+                session = self._record(
+                    session_id, client_id, user_id, thread_id, branch, origin, default_branch, user_email
+                )
         except ControlError as exc:
             state.set("error", error=exc.message)
             raise
@@ -263,7 +295,9 @@ class Workspaces:
         log.info("cloned %s for %s/%s", repo.url, client_id, user_id)
         return repo.url, True
 
-    async def _ensure_worktree(self, client_id: str, user_id: str, thread_id: str, *, fresh: bool) -> tuple[str, bool]:
+    async def _ensure_worktree(
+        self, client_id: str, user_id: str, thread_id: str, *, fresh: bool, start_point: str | None = None
+    ) -> tuple[str, bool]:
         project = self.project_dir(client_id, user_id)
         worktree = self.thread_path(client_id, user_id, thread_id)
         branch = thread_branch(thread_id)
@@ -295,6 +329,12 @@ class Workspaces:
                     cwd=project,
                 )
                 return branch, True
+            if start_point is not None and await self.ref_exists(project, f"refs/heads/{check_branch(start_point)}"):
+                await self.git.run(
+                    ["worktree", "add", "--no-track", "-b", branch, str(worktree), f"refs/heads/{start_point}"],
+                    cwd=project,
+                )
+                return branch, False
             base = await self.default_branch(client_id, user_id)
             if not await self.ref_exists(project, f"refs/remotes/origin/{base}"):
                 raise ControlError(
@@ -313,23 +353,25 @@ class Workspaces:
         return result.returncode == 0 and os.path.realpath(result.stdout.strip()) == os.path.realpath(worktree)
 
     def _record(
-        self, client_id: str, user_id: str, thread_id: str, branch: str, origin: str, default_branch: str
+        self,
+        session_id: str,
+        client_id: str,
+        user_id: str,
+        thread_id: str,
+        branch: str,
+        origin: str,
+        default_branch: str,
+        user_email: str = "",
     ) -> ThreadSession:
         now = time.time()
         worktree = str(self.thread_path(client_id, user_id, thread_id))
-        session = self.registry.put(
-            ThreadSession(
-                session_id_for(client_id, user_id, thread_id),
-                client_id,
-                user_id,
-                thread_id,
-                branch,
-                origin,
-                worktree,
-                now,
-                now,
-            )
+        entry = ThreadSession(
+            session_id, client_id, user_id, thread_id, branch, origin, worktree, now, now, user_email=user_email
         )
+        try:
+            session = self.registry.put(entry)
+        except ValueError as exc:  # a concurrent init named the thread or the session otherwise
+            raise ControlError(409, str(exc)) from None
         context_path = self.context_path(client_id, user_id, thread_id)
         context = read_json_object(context_path) or {"created": now}
         context.update(

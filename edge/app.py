@@ -15,13 +15,14 @@ from control import claude_api
 from control import dynamo, status_api, tracking
 from control.previews import RegistryLocator
 from control.sessions import REGISTRY
+from control.threads import THREADS
 from control.workspaces import WORKSPACES
-from edge import auth, fastpath, health, idle, keys, metrics, operator, proxy, routes_api, stopping, workers
+from edge import apilog, auth, fastpath, health, idle, keys, metrics, operator, proxy, routes_api, stopping, workers
 from edge.errors import error_response
 from edge.framing import reject_ambiguous_framing
 from edge.hostpolicy import HostPolicy, split_host
 from edge.proxylog import JsonLines, ProxyLog
-from edge.routing import SessionTable
+from edge.routing import Route, SessionTable
 from edge.settings import Settings
 from edge.websocket import SOCKETS, SocketRegistry
 
@@ -93,11 +94,29 @@ def proxy_log_for(settings: Settings) -> ProxyLog:
     return ProxyLog(addons)
 
 
+def _alias_hermes_sessions(app: web.Application) -> None:
+    """A Hermes session not known yet shows the default thread's preview (``control.threads``)."""
+    table = app[keys.SESSIONS]
+    provide, opener = table.provider, app[THREADS]
+    if provide is None:
+        return
+
+    async def provide_or_alias(session_id: str) -> Route | None:
+        route = await provide(session_id)
+        if route is None:
+            alias = await opener.preview_alias(session_id)
+            if alias is not None:
+                route = await provide(alias)
+        return route
+
+    table.provider = provide_or_alias
+
+
 def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None = None) -> web.Application:
     """Build the edge: its own routes first, the session proxy as the catch-all."""
     settings = settings or Settings.from_env()
     # Metrics first (refusals count too); the token check after the host policy (session hosts are all preview).
-    middlewares = [metrics.count_requests, reject_ambiguous_framing, host_policy, auth.require_token]
+    middlewares = [metrics.count_requests, apilog.log_api, reject_ambiguous_framing, host_policy, auth.require_token]
     app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[keys.SETTINGS] = settings
     app[keys.SESSIONS] = SessionTable()
@@ -120,10 +139,11 @@ def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None =
     # Sessions: idle watch, DynamoDB, tracker, /api/sessions (before preview.setup: cleaned up after it).
     idle.setup(app)
     if settings.dynamodb_table:
-        dynamo.setup(app, settings.dynamodb_table)
-    tracking.setup(app)
+        dynamo.setup(app, settings.dynamodb_table, settings.aws_region, settings.ecs_metadata_uri)
+    app[apilog.SESSION_OF] = tracking.setup(app).session_of
     status_api.setup(app)
     preview.setup(app, RegistryLocator(app[REGISTRY], settings.workspace_path))
+    _alias_hermes_sessions(app)
     metrics.setup(app)
     operator.setup(app)  # /_edge/: the operator page (edge.auth guards it like the API)
     stopping.add_drain(app, app[WORKSPACES].drain)

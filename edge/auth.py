@@ -19,6 +19,12 @@ navigation to ``/_edge`` (Fetch Metadata: ``Sec-Fetch-Mode: navigate``,
 and the page's ``Cross-Origin-Opener-Policy`` keeps a preview that opened it
 from reading it. The cookie never unlocks ``/api``.
 
+Callers inside ``EDGE_API_TRUSTED_NETWORKS`` (Hermes in the VPC, which sends
+no header) need no token for the API and metrics; their address is the
+connection's, or, behind proxies in ``EDGE_TRUSTED_PROXIES`` (the ALB), the
+nearest ``X-Forwarded-For`` address that is not one of those proxies. A
+browser coming through the ALB from outside is not inside them.
+
 A cross-site page could still open a WebSocket to a session (browsers do not
 apply CORS to WebSockets), so upgrades whose ``Origin`` names a host outside
 ``EDGE_PUBLIC_HOSTS`` are refused before anything reaches the upstream.
@@ -116,11 +122,40 @@ def unauthorized(error: str) -> web.Response:
     )
 
 
+def client_address(request: web.BaseRequest, settings: Settings) -> str:
+    """The caller's address: the connection's, or behind trusted proxies the nearest forwarded one."""
+    address = request.remote or ""
+    if not settings.trusted_proxies or not _in(address, settings.trusted_proxies):
+        return address
+    forwarded = [part.strip() for value in request.headers.getall("X-Forwarded-For", []) for part in value.split(",")]
+    for hop in reversed([part for part in forwarded if part]):
+        if not _in(hop, settings.trusted_proxies):
+            return hop
+        address = hop
+    return address
+
+
+def _in(address: str, networks: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def trusted_caller(request: web.BaseRequest, settings: Settings) -> bool:
+    """Whether the caller is inside ``EDGE_API_TRUSTED_NETWORKS`` (no token needed for the API)."""
+    return bool(settings.api_trusted_networks) and _in(client_address(request, settings), settings.api_trusted_networks)
+
+
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse API and metrics requests without the bearer token (no token configured: open)."""
-    token = request.app[keys.SETTINGS].api_token
+    settings = request.app[keys.SETTINGS]
+    token = settings.api_token
     if token is not None and is_protected(request.path) and not bearer_ok(request, token):
+        if not is_operator_path(request.path) and trusted_caller(request, settings):
+            return await handler(request)
         if operator_cookie_ok(request, token):
             return await handler(request)
         if is_operator_path(request.path) and request.method == "GET" and wants_html(request):

@@ -237,11 +237,38 @@ def check_executor(settings: Settings) -> Check:
 
 
 def check_aws(settings: Settings) -> list[Check]:
-    if not settings.dynamodb_table:
+    """What the session writer can actually do with DYNAMODB_TABLE: find items (Query) and update them."""
+    table = settings.dynamodb_table
+    if not table:
         return []
     if not settings.aws_region:
-        return [Check("dynamodb", WARN, f"DYNAMODB_TABLE={settings.dynamodb_table} without AWS_REGION", "set AWS_REGION")]
-    return [Check("dynamodb", OK, f"{settings.dynamodb_table} in {settings.aws_region} (needs dynamodb:PutItem/UpdateItem)")]
+        return [Check("dynamodb", FAIL, f"DYNAMODB_TABLE={table} without AWS_REGION", "set AWS_REGION")]
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from control.dynamo import client, update_request
+
+    fixes = {
+        "AccessDeniedException": "give the task role dynamodb:Query and dynamodb:UpdateItem on the table",
+        "ResourceNotFoundException": "create the table (deploy/) or fix DYNAMODB_TABLE",
+        "ValidationException": "the table must be keyed by sessionId (HASH) and userId (RANGE), as Hermes' is",
+        "UnrecognizedClientException": "check the AWS credentials (the task role)",
+    }
+    probe = "edge-doctor-probe"
+    try:
+        dynamo = client(settings.aws_region)
+        dynamo.query(TableName=table, KeyConditionExpression="sessionId = :s",
+                     ExpressionAttributeValues={":s": {"S": probe}}, Limit=1)
+        request = update_request(table, {"sessionId": probe, "userId": probe}, {"status": "expired"})
+        dynamo.update_item(**request, ConditionExpression="attribute_exists(sessionId)")  # never true: writes nothing
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "ConditionalCheckFailedException":
+            return [Check("dynamodb", OK, f"{table} in {settings.aws_region}: Query and UpdateItem allowed, key sessionId+userId")]
+        return [Check("dynamodb", FAIL, f"{table}: {code}: {exc.response.get('Error', {}).get('Message', '')}"[:300],
+                      fixes.get(code, "check the table and the task role"))]
+    except BotoCoreError as exc:
+        return [Check("dynamodb", FAIL, f"{table}: {exc}"[:300], "check AWS_REGION, the endpoint and the credentials")]
+    return [Check("dynamodb", WARN, f"{table}: the probe's conditional update was not refused", "check the table")]
 
 
 def check_open_files(settings: Settings) -> Check:

@@ -89,7 +89,14 @@ class JsonLines:
 
     def encoded_done(self, session_id: str, encoded: str) -> None:
         # The record's own encoding with "type" spliced in first: no copy of the record.
-        self._pending.append('{"type":"proxy",' + encoded[1:] + "\n")
+        self._queue('{"type":"proxy",' + encoded[1:] + "\n")
+
+    def event(self, kind: str, record: dict) -> None:
+        """Another kind of line (``api``: edge.apilog), written the same way."""
+        self._queue(encode_record({"type": kind, **record}) + "\n")
+
+    def _queue(self, line: str) -> None:
+        self._pending.append(line)
         if len(self._pending) > 1:
             return  # a write is already due
         try:
@@ -192,6 +199,17 @@ class ProxyLog:
         for addon in self._flow_addons:
             try:
                 addon.flow_done(flow)  # type: ignore[union-attr]
+            except Exception:
+                log.exception("proxy log addon %r failed", addon)
+
+    def event(self, kind: str, record: dict) -> None:
+        """A line of another kind (``api``) for the addons that write lines; never breaks a request."""
+        for addon in self._record_addons:
+            write = getattr(addon, "event", None)
+            if write is None:
+                continue
+            try:
+                write(kind, record)
             except Exception:
                 log.exception("proxy log addon %r failed", addon)
 

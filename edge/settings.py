@@ -91,6 +91,17 @@ def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[ipaddres
         raise SettingsError(f"{name}: {exc}") from None
 
 
+def _public_url(raw: str | None) -> str | None:
+    """``EDGE_PUBLIC_URL``: an http(s) origin (scheme and host, no path), kept without a trailing slash."""
+    if not raw or not raw.strip():
+        return None
+    value = raw.strip().rstrip("/")
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or any(c in rest for c in "/?#@ "):
+        raise SettingsError(f"EDGE_PUBLIC_URL={raw!r} must be an origin such as https://edit.example.com")
+    return value
+
+
 def _container_id(env: Mapping[str, str]) -> str:
     """ECS's container id (the last segment of the task metadata URI), else HOSTNAME."""
     metadata = (env.get("ECS_CONTAINER_METADATA_URI_V4") or "").rstrip("/")
@@ -127,7 +138,11 @@ class Settings:
     workers: int = 1  # EDGE_WORKERS: processes serving the port (edge.workers); more than 1 puts the fast path on more cores
     flow_log: Path | None = None
     api_token: str | None = field(default=None, repr=False)
+    # EDGE_API_TRUSTED_NETWORKS: callers from these networks (Hermes in the VPC) need no bearer token
+    api_trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     allow_no_auth: bool = False
+    session_secret: str | None = field(default=None, repr=False)  # EDGE_SESSION_SECRET: key of derived session ids
+    public_url: str | None = None  # EDGE_PUBLIC_URL: origin of every previewUrl the API returns
     drain_seconds: float = 10.0
     container: bool = False  # EDGE_CONTAINER=1 (set by the Dockerfile): GITHUB_TOKEN is required
 
@@ -136,6 +151,8 @@ class Settings:
     github_token: str | None = field(default=None, repr=False)
     default_client_id: str = "default"
     default_user_id: str = "default"
+    default_thread_id: str = "main"  # DEFAULT_THREAD_ID: the thread of an execute that names none (Hermes' first call)
+    default_repo_url: str | None = None  # DEFAULT_REPO_URL: cloned when a Hermes session needs a workspace and none exists
     git_default_branch: str | None = None
     git_allowed_hosts: tuple[str, ...] = ("github.com",)
     git_allow_local: bool = False
@@ -159,7 +176,8 @@ class Settings:
     # Operations
     auto_shutdown_minutes: float = 20.0
     dynamodb_table: str | None = None
-    dynamodb_heartbeat_seconds: float = 60.0
+    dynamodb_heartbeat_seconds: float = 30.0
+    ecs_metadata_uri: str | None = None  # ECS_CONTAINER_METADATA_URI_V4: the task's private IP for DynamoDB items
     container_id: str = ""  # in DynamoDB items: the ECS task's container (metadata URI basename) or HOSTNAME
 
     # Claude (control.executors)
@@ -175,6 +193,7 @@ class Settings:
     bedrock_max_attempts: int = 5
     aws_region: str | None = None
     plan_ttl_seconds: float = 3600.0
+    hermes_reply_seconds: float = 270.0  # HERMES_REPLY_SECONDS: answer "inProgress" before Hermes' 300 s timeout
     claude_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @classmethod
@@ -199,13 +218,18 @@ class Settings:
             workers=_workers(env),
             flow_log=Path(flow_log) if flow_log else None,
             api_token=env.get("EDGE_API_TOKEN") or None,
+            api_trusted_networks=_networks(env, "EDGE_API_TRUSTED_NETWORKS", ""),
             allow_no_auth=_bool(env, "EDGE_ALLOW_NO_AUTH", False),
+            public_url=_public_url(env.get("EDGE_PUBLIC_URL")),
+            session_secret=env.get("EDGE_SESSION_SECRET") or None,
             drain_seconds=_number(env, "EDGE_DRAIN_SECONDS", cls.drain_seconds),
             container=_bool(env, "EDGE_CONTAINER", False),
             workspace_path=Path(workspace) if workspace else _default_workspace(),
             github_token=env.get("GITHUB_TOKEN") or None,
             default_client_id=env.get("DEFAULT_CLIENT_ID") or cls.default_client_id,
             default_user_id=env.get("DEFAULT_USER_ID") or cls.default_user_id,
+            default_thread_id=env.get("DEFAULT_THREAD_ID") or cls.default_thread_id,
+            default_repo_url=env.get("DEFAULT_REPO_URL") or None,
             git_default_branch=env.get("GIT_DEFAULT_BRANCH") or None,
             git_allowed_hosts=_split(env.get("GIT_ALLOWED_HOSTS") or "github.com"),
             git_allow_local=_bool(env, "GIT_ALLOW_LOCAL", False),
@@ -224,6 +248,7 @@ class Settings:
             auto_shutdown_minutes=_number(env, "AUTO_SHUTDOWN_MINUTES", cls.auto_shutdown_minutes),
             dynamodb_table=env.get("DYNAMODB_TABLE") or None,
             dynamodb_heartbeat_seconds=_number(env, "DYNAMODB_HEARTBEAT_SECONDS", cls.dynamodb_heartbeat_seconds),
+            ecs_metadata_uri=env.get("ECS_CONTAINER_METADATA_URI_V4") or None,
             container_id=_container_id(env),
             claude_executor=(env.get("CLAUDE_EXECUTOR") or cls.claude_executor).strip().lower(),
             claude_model=env.get("CLAUDE_MODEL") or None,
@@ -237,6 +262,7 @@ class Settings:
             bedrock_max_attempts=int(_number(env, "BEDROCK_MAX_ATTEMPTS", cls.bedrock_max_attempts, int)),
             aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             plan_ttl_seconds=_number(env, "PLAN_TTL_SECONDS", cls.plan_ttl_seconds),
+            hermes_reply_seconds=_number(env, "HERMES_REPLY_SECONDS", cls.hermes_reply_seconds),
             claude_env=tuple((name, env[name]) for name in CLAUDE_ENV_ALLOWLIST if env.get(name)),
         )
         if not 0 < settings.port < 65536:

@@ -51,11 +51,45 @@ class FakeDynamo:
         return boto3.session.Session().client("dynamodb", endpoint_url=self.endpoint, region_name="us-east-1")
 
     def item(self, session_id: str) -> dict | None:
-        found = self.client().get_item(TableName=self.table, Key={"sessionId": {"S": session_id}}, ConsistentRead=True)
-        raw = found.get("Item")
-        if raw is None:
-            return None
-        return {k: (int(v["N"]) if "N" in v else v.get("S")) for k, v in raw.items()}
+        """The session's item, found the way Hermes' table is keyed (a Query on the hash key)."""
+        found = self.client().query(
+            TableName=self.table,
+            KeyConditionExpression="sessionId = :s",
+            ExpressionAttributeValues={":s": {"S": session_id}},
+            ConsistentRead=True,
+        )["Items"]
+        assert len(found) <= 1, f"more than one item for {session_id}: {found}"
+        return _plain(found[0]) if found else None
+
+    def active(self, client_id: str | None = None) -> list[dict]:
+        """What Hermes lists: a Query on StatusIndex for status = active, optionally of one client."""
+        query = {
+            "TableName": self.table,
+            "IndexName": "StatusIndex",
+            "KeyConditionExpression": "#s = :active",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": {":active": {"S": "active"}},
+        }
+        if client_id is not None:
+            query["FilterExpression"] = "clientId = :c"
+            query["ExpressionAttributeValues"][":c"] = {"S": client_id}
+        return [_plain(raw) for raw in self.client().query(**query)["Items"]]
+
+    def put_hermes_item(self, session_id: str, user_id: str, client_id: str, thread_id: str) -> None:
+        """The item Hermes writes when it starts a session (before the edge ever hears of it)."""
+        now = time.time()
+        self.client().put_item(TableName=self.table, Item={
+            "sessionId": {"S": session_id},
+            "userId": {"S": user_id},
+            "clientId": {"S": client_id},
+            "threadId": {"S": thread_id},
+            "status": {"S": "initializing"},
+            "lastActivity": {"N": str(int(now * 1000))},
+            "ttl": {"N": str(int(now) + 1800)},
+            "editBranch": {"S": f"thread-{thread_id}"},
+            "createdAt": {"S": "2026-12-01T10:00:00.000Z"},
+            "hermesOwn": {"S": "kept"},
+        })
 
     def wait_item(self, session_id: str, check=lambda item: item is not None, timeout: float = 30.0) -> dict | None:
         """The item once ``check(item)`` holds (a bounded wait: the writer is asynchronous)."""
@@ -69,6 +103,10 @@ class FakeDynamo:
             time.sleep(0.1)
 
 
+def _plain(raw: dict) -> dict:
+    return {k: (int(v["N"]) if "N" in v else v.get("S")) for k, v in raw.items()}
+
+
 @pytest.fixture
 def dynamodb(monkeypatch) -> Iterator[FakeDynamo]:
     """moto's DynamoDB on 127.0.0.1 with a fresh table; boto3 in this process points at it."""
@@ -79,10 +117,20 @@ def dynamodb(monkeypatch) -> Iterator[FakeDynamo]:
     monkeypatch.setenv("AWS_ENDPOINT_URL", fake.endpoint)
     fake.env = {**AWS_ENV, "AWS_ENDPOINT_URL": fake.endpoint}
     fake.start()
+    # Hermes' table, as its infrastructure creates it.
     fake.client().create_table(
         TableName=fake.table,
-        KeySchema=[{"AttributeName": "sessionId", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "sessionId", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "sessionId", "KeyType": "HASH"}, {"AttributeName": "userId", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "sessionId", "AttributeType": "S"},
+            {"AttributeName": "userId", "AttributeType": "S"},
+            {"AttributeName": "status", "AttributeType": "S"},
+        ],
+        GlobalSecondaryIndexes=[{
+            "IndexName": "StatusIndex",
+            "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "ALL"},
+        }],
         BillingMode="PAY_PER_REQUEST",
     )
     yield fake

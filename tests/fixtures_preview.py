@@ -3,7 +3,7 @@
 Threads are copies of examples/site (``astro_site``) placed where control/
 keeps them, ``WORKSPACE_PATH/<client>/<user>/threads/<thread>``, and entered
 in control's session registry as ``/api/init`` would, so their previews have
-the real session ids (``session_id_for``) and open from a bare URL.
+the real session ids (``SessionRegistry.session_id_of``) and open from a bare URL.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from control.ids import thread_branch
-from control.sessions import SessionRegistry, ThreadSession, session_id_for
+from control.sessions import SessionRegistry, ThreadSession
 from edge.settings import Settings
 from preview.procs import group_members
 from tests.conftest import RunningServer, free_port
@@ -37,6 +37,7 @@ class Thread:
     user_id: str
     thread_id: str
     site: AstroSite
+    workspace: Path
 
     @property
     def path(self) -> Path:
@@ -49,7 +50,7 @@ class Thread:
     @property
     def session_id(self) -> str:
         """The session that previews this thread (``/session/<id>/``)."""
-        return session_id_for(self.client_id, self.user_id, self.thread_id)
+        return SessionRegistry(self.workspace).session_id_of(self.client_id, self.user_id, self.thread_id)
 
 
 ThreadFactory = Callable[..., Thread]
@@ -64,7 +65,7 @@ def make_thread(astro_site, settings: Settings, tmp_path: Path) -> ThreadFactory
 
     def make(thread_id: str, version: str = "5", client_id: str = "c1", user_id: str = "u1") -> Thread:
         relative = settings.workspace_path.relative_to(tmp_path) / client_id / user_id / "threads" / thread_id
-        thread = Thread(client_id, user_id, thread_id, astro_site(version, str(relative)))
+        thread = Thread(client_id, user_id, thread_id, astro_site(version, str(relative)), settings.workspace_path)
         now = time.time()
         entry = ThreadSession(
             session_id=thread.session_id,

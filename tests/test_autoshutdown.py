@@ -105,7 +105,7 @@ def test_an_idle_edge_marks_sessions_idle_and_exits_0(tmp_path, git_home, remote
     assert _group_gone(proc.pid)  # no child left behind
     saved = json.loads((tmp_path / "workspace" / ".edge" / "sessions.json").read_text())
     assert saved["sessions"][sid]["status"] == "idle"
-    assert dynamodb.wait_item(sid, lambda item: item is not None and item["status"] == "idle")
+    assert dynamodb.wait_item(sid, lambda item: item is not None and item["status"] == "expired")  # Hermes: not served
     assert "stopping the edge" in next(tmp_path.glob("edge-*.log")).read_text()
 
 

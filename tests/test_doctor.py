@@ -168,3 +168,21 @@ def test_site_astro_version_against_node(tmp_path):
     assert line(old, "astro").startswith("FAIL") and ">=22.12" in line(old, "astro")
     new = doctor(tmp_path, "--site", str(ASTRO7), NODE_BINARY=str(NODE22))
     assert line(new, "astro").startswith("OK"), new.stdout
+
+
+def test_the_dynamodb_check_probes_what_the_writer_can_do(tmp_path, dynamodb):
+    env = {**dynamodb.env, "GITHUB_TOKEN": TOKEN}
+    result = doctor(tmp_path, DYNAMODB_TABLE=dynamodb.table, **env)
+    assert line(result, "dynamodb").startswith("OK") and "UpdateItem allowed" in line(result, "dynamodb")
+    assert dynamodb.item("edge-doctor-probe") is None  # the probe wrote nothing
+
+    result = doctor(tmp_path, DYNAMODB_TABLE="no-such-table", **env)
+    assert line(result, "dynamodb").startswith("FAIL") and "ResourceNotFoundException" in line(result, "dynamodb")
+    assert result.returncode == 1
+
+    dynamodb.client().create_table(
+        TableName="hash-only", KeySchema=[{"AttributeName": "sessionId", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "sessionId", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST",
+    )
+    result = doctor(tmp_path, DYNAMODB_TABLE="hash-only", **env)
+    assert line(result, "dynamodb").startswith("FAIL") and "userId (RANGE)" in line(result, "dynamodb")

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from control.dynamo import DYNAMO, TTL_SECONDS
-from control.sessions import session_id_for
+from control.sessions import REGISTRY
 from control.tracking import TRACKER
 
 
@@ -28,38 +28,42 @@ async def test_items_follow_the_session_life(git_edge, remote, dynamodb):
     assert init.status == 200, init.text
     sid = init.body["sessionId"]
 
-    item = await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "ready")
+    item = await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "active")
     assert item["clientId"] == "c1" and item["userId"] == "u1" and item["threadId"] == "t1"
+    assert item["editBranch"] == "thread-t1" and item["createdAt"].endswith("Z")
     assert item["previewUrl"] == f"{api.origin}/session/{sid}/"
     assert item["containerId"] == "task-abc"
-    assert item["ttl"] == item["lastActivity"] + TTL_SECONDS
-    assert abs(item["lastActivity"] - time.time()) < 120
+    assert abs(item["lastActivity"] / 1000 - time.time()) < 120  # milliseconds, as Hermes writes it
+    assert abs(item["ttl"] - (time.time() + TTL_SECONDS)) < 120 and TTL_SECONDS == 1800
+    assert [i["sessionId"] for i in dynamodb.active("c1")] == [sid]  # Hermes' own query finds it
 
-    # Activity reaches DynamoDB through the heartbeat (lastActivity is whole seconds).
+    # Activity reaches DynamoDB through the heartbeat.
     first = item["lastActivity"]
-    await _until(lambda: int(time.time()) > first)
+    await _until(lambda: int(time.time() * 1000) > first)
     assert (await api.call("GET", "/api/git/status/c1/u1/t1")).status == 200
     later = await _item(dynamodb, sid, lambda i: i["lastActivity"] > first)
-    assert later["status"] == "ready" and later["ttl"] == later["lastActivity"] + TTL_SECONDS
+    assert later["status"] == "active" and later["ttl"] >= item["ttl"]
 
     await api.app[TRACKER].mark_all_idle()  # what the idle shutdown does first
-    await _item(dynamodb, sid, lambda i: i["status"] == "idle")
+    await _item(dynamodb, sid, lambda i: i["status"] == "expired")
+    assert dynamodb.active() == []
 
+    # A removed session stays in Hermes' table, expired (the edge never deletes Hermes' items).
     assert (await api.call("DELETE", f"/api/sessions/{sid}")).status == 200
-    await _item(dynamodb, sid, lambda i: i is None)
+    await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "expired")
 
 
 async def test_a_failed_init_is_an_error_item(git_edge, remote, dynamodb):
     api = await git_edge(dynamodb_table=dynamodb.table)
     answer = await api.init(t="t9", repo_url=remote.url + "-missing")
     assert answer.status >= 400
-    await _item(dynamodb, session_id_for("c1", "u1", "t9"), lambda i: i is not None and i["status"] == "error")
+    await _item(dynamodb, api.app[REGISTRY].session_id_of("c1", "u1", "t9"), lambda i: i is not None and i["status"] == "expired")
 
 
 async def test_requests_succeed_while_dynamodb_is_down_and_writes_land_later(git_edge, remote, dynamodb):
     api = await git_edge(dynamodb_table=dynamodb.table, dynamodb_heartbeat_seconds=0.2)
     first = await api.init(t="t1", repo_url=remote.url)
-    await _item(dynamodb, first.body["sessionId"], lambda i: i is not None and i["status"] == "ready")
+    await _item(dynamodb, first.body["sessionId"], lambda i: i is not None and i["status"] == "active")
     writer = api.app[DYNAMO]
 
     dynamodb.stop()
@@ -73,6 +77,6 @@ async def test_requests_succeed_while_dynamodb_is_down_and_writes_land_later(git
     assert writer.pending >= 1
 
     dynamodb.start()
-    item = await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "ready")
+    item = await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "active")
     assert item["threadId"] == "t2"
     await _until(lambda: writer.pending == 0)

@@ -99,17 +99,21 @@ async def test_hermes_execute_answers_with_the_old_fields(claude_thread, git_hom
     assert HERMES_FIELDS <= set(answer.body)
     assert answer.body["success"] is True and answer.body["requiresApproval"] is False
     assert answer.body["approvalToken"] is None and answer.body["plan"] is None
-    assert answer.body["gitCommit"] == head(worktree, git_home)
+    assert head(worktree, git_home).startswith(answer.body["gitCommit"]) and len(answer.body["gitCommit"]) == 7
+    assert answer.body["gitCommitFull"] == head(worktree, git_home)
     assert answer.body["filesChanged"] == [PAGE]
-    assert answer.body["changes"] == [{"file": PAGE, "action": "added"}]
+    assert answer.body["changes"] == [f"Added: {PAGE}"]  # Hermes prints each as a line of its email
+    assert answer.body["fileChanges"] == [{"file": PAGE, "action": "added"}]
     assert "marker paragraph" in answer.body["summary"]  # the simulation says what it did
 
 
 async def test_an_unknown_session_id_is_a_thread_of_the_default_user(claude_thread):
-    api, worktree = await claude_thread(thread=("default", "default", "mythread"))
+    api, worktree = await claude_thread(thread=("default", "default", "main"))
     answer = await api.call("POST", "/api/claude/mythread/execute", {"instruction": "hello"})
     assert answer.status == 200, answer.text
-    assert (worktree / PAGE).is_file()
+    assert answer.body["sessionId"] == "mythread" and answer.body["threadId"] == "mythread"
+    own = worktree.parent / "mythread"
+    assert (own / PAGE).is_file() and not (worktree / PAGE).exists()
 
 
 async def test_plan_then_approve_executes_exactly_that_plan_once(claude_thread, git_home):
@@ -126,10 +130,10 @@ async def test_plan_then_approve_executes_exactly_that_plan_once(claude_thread, 
     assert approved.status == 200, approved.text
     assert approved.body["success"] is True and approved.body["filesChanged"] == [PAGE]
     assert "make it red" in (worktree / PAGE).read_text()
-    assert approved.body["gitCommit"] == head(worktree, git_home) != before
+    assert approved.body["gitCommitFull"] == head(worktree, git_home) != before
 
     again = await api.call("POST", f"/api/claude/{api.session_id}/execute-approved", {"approvalToken": token})
-    assert again.status == 410 and again.body["success"] is False and "used" in again.body["error"]
+    assert again.status == 410 and again.body["success"] is False and "already approved" in again.body["error"]
 
 
 async def test_destructive_instructions_get_a_plan_first(claude_thread):

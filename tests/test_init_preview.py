@@ -108,8 +108,9 @@ async def test_initialised_threads_are_previewed_at_their_preview_urls(init_edge
     edge = await init_edge()
     first = await init(edge.client, edge.server.origin, "c1", "t1", site_repo)
     second = await init(edge.client, edge.server.origin, "c2", "t1", site_repo)  # same threadId, other client
-    assert first["sessionId"] == session_id_for("c1", "u1", "t1")
-    assert second["sessionId"] == session_id_for("c2", "u1", "t1") != first["sessionId"]
+    registry = edge.server.app[REGISTRY]
+    assert first["sessionId"] == registry.session_id_of("c1", "u1", "t1")
+    assert second["sessionId"] == registry.session_id_of("c2", "u1", "t1") != first["sessionId"]
     path_one, path_two = preview_path(first), preview_path(second)
     worktree_one, worktree_two = Path(first["workspacePath"]), Path(second["workspacePath"])
     index_two = worktree_two / "src" / "pages" / "index.astro"
@@ -165,8 +166,9 @@ async def test_an_edge_started_later_previews_a_thread_initialised_before(
 async def test_an_unregistered_thread_folder_is_previewed_once_the_api_names_it(preview_edge, settings):
     folder = settings.workspace_path / "c1" / "u1" / "threads" / "t1"
     folder.mkdir(parents=True)  # laid out as control/ does, but never seen by /api/init
-    session = session_id_for("c1", "u1", "t1")
+    session = SessionRegistry(settings.workspace_path).session_id_of("c1", "u1", "t1")
     edge = await preview_edge()
+    assert session == edge.server.app[REGISTRY].session_id_of("c1", "u1", "t1")
 
     code, _, _ = await edge.get(f"/session/{session}/", Accept="application/json")
     assert code == 404  # a bare URL alone never finds folders
@@ -189,7 +191,7 @@ def test_the_registry_locator_uses_registered_worktrees_and_remembers_only_real_
     thread_folder(workspace, thread).mkdir(parents=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    session = session_id_for("c1", "u1", "t1")
+    session = session_id_for("c1", "u1", "t1", registry.key)
     registry.put(ThreadSession(session, "c1", "u1", "t1", "thread-t1", "file:///site.git", str(elsewhere), 0.0, 0.0))
 
     assert locator.session_id(thread) == session

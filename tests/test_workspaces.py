@@ -14,7 +14,7 @@ import pytest
 
 from control.ids import InvalidInput
 from control.repourl import RepoUrlError, parse_repo_url, pull_request_url
-from control.sessions import REGISTRY, SessionRegistry, ThreadSession, session_id_for
+from control.sessions import REGISTRY, SECRET_FILE, SessionRegistry, ThreadSession, session_id_for
 from control.workspaces import WORKSPACES
 from edge.hostpolicy import is_session_id
 from tests.fixtures_git import git
@@ -23,7 +23,9 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def files_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*")) if root.exists() else []
+    """What a request left in the workspace (the edge's session key, made on first use, is not the request's)."""
+    found = sorted(p for p in root.rglob("*")) if root.exists() else []
+    return [p for p in found if p not in (root / SECRET_FILE, root / SECRET_FILE.parent)]
 
 
 async def test_init_clones_once_and_gives_each_thread_its_worktree(git_edge, remote, settings, git_home):
@@ -305,12 +307,22 @@ def test_pull_request_urls_for_github_only():
 
 @pytest.mark.parametrize("thread_id", ["t1", "Thread_ABC.def", "___", "a" * 64, "x-y--z", "0", "19a2f3c4-5678"])
 def test_session_ids_are_dns_labels_and_deterministic(thread_id):
-    session_id = session_id_for("c1", "u1", thread_id)
+    key = b"k" * 32
+    session_id = session_id_for("c1", "u1", thread_id, key)
     assert DNS_LABEL.match(session_id) and "--" not in session_id and len(session_id) <= 63
     assert is_session_id(session_id)
-    assert session_id == session_id_for("c1", "u1", thread_id)
-    assert session_id != session_id_for("c1", "u2", thread_id)
-    assert session_id != session_id_for("c2", "u1", thread_id)
+    assert session_id == session_id_for("c1", "u1", thread_id, key)
+    assert session_id != session_id_for("c1", "u2", thread_id, key)
+    assert session_id != session_id_for("c2", "u1", thread_id, key)
+    assert session_id != session_id_for("c1", "u1", thread_id, b"another key")  # not computable without the key
+
+
+def test_the_session_key_is_made_once_per_workspace_and_kept_private(tmp_path):
+    first = SessionRegistry(tmp_path)
+    assert len(first.key) == 64 and (tmp_path / SECRET_FILE).stat().st_mode & 0o077 == 0
+    assert SessionRegistry(tmp_path).key == first.key  # the same ids after a restart
+    assert SessionRegistry(tmp_path, "configured").key == b"configured"
+    assert SessionRegistry(tmp_path / "other").session_id_of("c1", "u1", "t1") != first.session_id_of("c1", "u1", "t1")
 
 
 def test_registry_is_persisted_atomically(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from control.runs import PLANS_FILE
 from edge.proxylog import JsonLines, ProxyLog
@@ -290,11 +291,17 @@ async def test_preview_urls_use_edge_public_url(hermes_edge):
 # -- DynamoDB, as Hermes' table is made and read ---------------------------------------------------
 
 
-async def test_the_edge_updates_hermes_items_in_place(hermes_edge, dynamodb):
+async def test_the_edge_updates_hermes_items_in_place(hermes_edge, dynamodb, serve):
+    async def container_metadata(_: web.Request) -> web.Response:  # ECS task metadata v4: the container's document
+        return web.json_response({"DockerId": "abc", "Networks": [{"NetworkMode": "awsvpc", "IPv4Addresses": ["10.0.1.23"]}]})
+
+    metadata = web.Application()
+    metadata.router.add_get("/v4/abc", container_metadata)
+    ecs = await serve(metadata)
     sid, email = str(uuid.uuid4()), "owner@example.com"
     await asyncio.to_thread(dynamodb.put_hermes_item, sid, email, "amelia", "thread-1a2b3c4d")
     hermes, _ = await hermes_edge(dynamodb_table=dynamodb.table, dynamodb_heartbeat_seconds=0.2,
-                                  public_url=PREVIEW_DOMAIN)
+                                  public_url=PREVIEW_DOMAIN, ecs_metadata_uri=ecs.url("/v4/abc"))
     status, answer = await hermes.instruction(sid, "make it blue", email=email)
     assert status == 200, answer
 
@@ -304,6 +311,7 @@ async def test_the_edge_updates_hermes_items_in_place(hermes_edge, dynamodb):
     assert item["threadId"] == "thread-1a2b3c4d" and item["clientId"] == "amelia"  # Hermes' values survive
     assert item["editBranch"] == f"thread-{sid}"
     assert item["previewUrl"] == f"{PREVIEW_DOMAIN}/session/{sid}/"
+    assert item["containerIp"] == "10.0.1.23"
     assert abs(item["lastActivity"] / 1000 - time.time()) < 120
     assert abs(item["ttl"] - (time.time() + 1800)) < 120
 

@@ -1,5 +1,12 @@
-"""Claude at its boundaries: a fake ``claude`` executable and a fake Bedrock Converse server.
+"""Claude at its boundaries: the real Claude Code CLI against a fake Bedrock endpoint, a fake
+``claude`` executable (for what the real one cannot show: a crash, a grandchild), and a fake
+Bedrock Converse server.
 
+* ``claude_cli``: the pinned Claude Code that scripts/setup.sh installs (.cache/bin/claude);
+* ``bedrock_model``: ``tests/fake_bedrock_stream.py`` served on 127.0.0.1 (scripted model turns
+  as AWS event-stream), for the real CLI;
+* ``edge_claude_env``: the edge's environment for the real CLI against ``bedrock_model``, turned
+  into settings by ``Settings.from_env`` exactly as the edge reads them (no settings file);
 * ``fake_claude``: writes an executable wrapper (the CLAUDE_CLI setting) that runs
   ``tests/fake_claude.py`` with its own log; ``calls()`` reads what each run saw.
 * ``fake_bedrock``: an aiohttp app on 127.0.0.1 answering ``POST /model/<id>/converse``
@@ -13,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +31,9 @@ from typing import Awaitable, Callable
 import pytest
 from aiohttp import web
 
+from edge.settings import Settings
+from tests.fake_bedrock_stream import FakeBedrockModel
+from tests.fixtures_astro import CACHE, require
 from tests.fixtures_git import GitApi
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +73,66 @@ def fake_claude(tmp_path: Path) -> FakeClaude:
     )
     path.chmod(0o755)
     return FakeClaude(path, log)
+
+
+@pytest.fixture
+def claude_cli() -> str:
+    """The pinned Claude Code CLI (scripts/setup.sh installs it into .cache/bin)."""
+    path = CACHE / "bin" / "claude"
+    require(path.exists(), "Claude Code (.cache/bin/claude) is not installed")
+    return str(path)
+
+
+@pytest.fixture
+async def bedrock_model(serve) -> FakeBedrockModel:
+    fake = FakeBedrockModel()
+    server = await serve(fake.app())
+    fake.origin = server.origin
+    return fake
+
+
+# The settings the Claude executors read; the rest come from the git tests' edge.
+CLAUDE_FIELDS = ("claude_executor", "claude_cli", "claude_model", "claude_use_bedrock", "claude_max_retries",
+                 "claude_max_turns", "claude_allow_shell", "claude_env", "aws_region", "execution_timeout")
+
+
+@pytest.fixture
+def edge_claude_env(claude_cli: str, bedrock_model: FakeBedrockModel) -> Callable[..., dict]:
+    """``edge_claude_env(**env)`` → settings overrides from the edge's environment for the real CLI.
+
+    Every variable the CLI gets comes from this environment through ``Settings.from_env``.
+    """
+
+    def overrides(**env: str) -> dict:
+        base = {
+            "CLAUDE_EXECUTOR": "claude-code",
+            "CLAUDE_CLI": claude_cli,
+            "CLAUDE_CODE_USE_BEDROCK": "1",
+            "ANTHROPIC_BEDROCK_BASE_URL": bedrock_model.origin,
+            "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",
+            "AWS_REGION": "us-east-1",
+            "CLAUDE_MODEL": "fake-sonnet",
+            "CLAUDE_CODE_MAX_RETRIES": "1",
+        }
+        merged = {k: v for k, v in {**base, **env}.items() if v is not None}
+        settings = Settings.from_env(merged)
+        return {name: getattr(settings, name) for name in CLAUDE_FIELDS}
+
+    return overrides
+
+
+def agent_pids(worktree: Path) -> list[int]:
+    """Processes whose working directory is ``worktree`` (the agent and anything it started)."""
+    target = os.path.realpath(worktree)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == target and not process_gone(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def process_gone(pid: int) -> bool:

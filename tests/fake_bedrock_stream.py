@@ -9,7 +9,7 @@ The CLI (``CLAUDE_CODE_USE_BEDROCK=1``, ``ANTHROPIC_BEDROCK_BASE_URL`` pointing 
 
 Each model request takes the next scripted turn: content blocks (text and tool_use), an
 error (HTTP status + ``x-amzn-ErrorType``, as Bedrock answers), or a hang (headers sent,
-then nothing). With nothing left to say it ends the turn with a short text. Every request
+then nothing until ``released`` is set). With nothing left to say it ends the turn with a short text. Every request
 body is kept, so a test reads the ``tools`` the model was offered.
 """
 
@@ -83,6 +83,7 @@ class FakeBedrockModel:
     requests: list[dict] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     origin: str = ""
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # ends hung turns (the fixture sets it)
     _uses: int = 0
 
     def say(self, *content: dict) -> None:
@@ -125,7 +126,8 @@ class FakeBedrockModel:
         response = web.StreamResponse(headers={"Content-Type": EVENTSTREAM, "x-amzn-bedrock-content-type": "application/json"})
         await response.prepare(request)
         if turn.hang:
-            await asyncio.sleep(3600)
+            await self.released.wait()
+            return response
         for event in events(turn.content, request.match_info["model_id"]):
             await response.write(chunk(event))
         await response.write_eof()

@@ -12,8 +12,10 @@ import asyncio
 import os
 import uuid
 
+import pytest
+
 from control.jsonfile import read_json_object, write_json_atomic
-from tests.fixtures_claude import agent_pids, process_gone, sse_events, wait_gone
+from tests.fixtures_claude import agent_pids, process_gone, sigterm_during_a_hung_call, sse_events, wait_gone
 from tests.fixtures_git import TEST_TOKEN, git
 
 PAGE = "src/index.astro"
@@ -198,6 +200,18 @@ async def test_cancel_stops_the_cli_and_leaves_no_process(claude_thread, edge_cl
         assert await wait_gone(pid)
     assert agent_pids(worktree) == []
     assert git(["rev-parse", "HEAD"], worktree, git_home) == before
+
+
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancelled", "hung"])
+async def test_a_hung_model_call_does_not_delay_the_exit_after_sigterm(tmp_path, git_home, remote, claude_cli, bedrock_model, cancel_first):
+    bedrock_model.hang()
+    env = {
+        "CLAUDE_EXECUTOR": "claude-code", "CLAUDE_CLI": claude_cli, "CLAUDE_CODE_USE_BEDROCK": "1",
+        "ANTHROPIC_BEDROCK_BASE_URL": bedrock_model.origin, "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1", "AWS_REGION": "us-east-1",
+        "CLAUDE_MODEL": "fake-sonnet",
+    }
+    await sigterm_during_a_hung_call(tmp_path, git_home, remote.url, env, bedrock_model.requests, cancel_first)
+    assert agent_pids(tmp_path / "workspace" / "c1" / "u1" / "threads" / "t1") == []
 
 
 # The fake CLI: what the real one cannot show ---------------------------------------------

@@ -182,6 +182,14 @@ async def test_throttling_is_reported_with_its_cause(claude_thread, edge_claude_
     # CLAUDE_CODE_MAX_RETRIES=1 from the edge's environment: one call and one retry.
     assert len(bedrock_model.requests) == 2
     assert git(["rev-parse", "HEAD"], worktree, git_home) == before
+    # A stream shows the retry as it happens.
+    bedrock_model.error(*THROTTLED, times=5)
+    async with api.session.post(
+        api.origin + f"/api/claude/{api.session_id}/execute", json={"instruction": "again"}, headers={"Accept": "text/event-stream"},
+    ) as resp:
+        events = sse_events(await resp.text())
+    retries = [data for name, data in events if name == "retry"]
+    assert [(r["attempt"], r["status"], r["error"]) for r in retries] == [(1, 429, "rate_limit")]
 
 
 async def test_access_denied_and_an_unknown_model_are_named(claude_thread, edge_claude_env, bedrock_model):

@@ -63,10 +63,10 @@ class BedrockExecutor:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code, message = error.get("Code", "Unknown"), error.get("Message", "")
             raise ExecutionError("Bedrock could not use the model: " + apierrors.describe(status, code, message)) from None
-        except BotoCoreError as exc:
-            named = apierrors.cause(code=type(exc).__name__)
-            detail = f"{named} ({type(exc).__name__})" if named else f"Bedrock could not be reached: {type(exc).__name__}"
-            raise ExecutionError("Bedrock could not use the model: " + detail if named else detail) from None
+        except BotoCoreError as exc:  # no credentials, a timeout, a refused connection
+            kind = type(exc).__name__
+            named = apierrors.cause(code=kind)
+            raise ExecutionError(f"Bedrock could not use the model: {named} ({kind})" if named else f"Bedrock could not be reached: {kind}") from None
 
     async def run(self, request: RunRequest, emit: Emit) -> RunResult:
         allowed = tools.READ_TOOLS if request.plan_only else tools.READ_TOOLS + tools.WRITE_TOOLS

@@ -386,6 +386,7 @@ class Runner:
                 approved_plan=run.approved_plan,
                 history=_history(context),
                 resume_session=context.get("claudeSessionId") if self.executor.name == "claude-code" else None,
+                agent_home=self.ws.user_dir(c, u) / ".claude" / "home",
             )
             outcome = await self._call_executor(run, request)
             after = await self._snapshot(worktree)

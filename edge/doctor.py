@@ -233,7 +233,10 @@ def check_executor(settings: Settings) -> Check:
                      "install @anthropic-ai/claude-code from npm or set CLAUDE_CLI to its path")
     if settings.claude_use_bedrock and not settings.aws_region:
         return Check("executor", FAIL, "claude-code on Bedrock without AWS_REGION", "set AWS_REGION")
-    return Check("executor", OK, f"claude-code ({cli}){' on Bedrock' if settings.claude_use_bedrock else ''}")
+    code, out = _run([cli, "--version"])  # the pinned version the image installs, e.g. "2.1.332 (Claude Code)"
+    if code != 0:
+        return Check("executor", FAIL, f"{cli} --version failed: {out[:200]}", "reinstall @anthropic-ai/claude-code from npm")
+    return Check("executor", OK, f"claude-code {out.splitlines()[0] if out else '?'} ({cli}){' on Bedrock' if settings.claude_use_bedrock else ''}")
 
 
 def check_aws(settings: Settings) -> list[Check]:

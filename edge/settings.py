@@ -31,10 +31,13 @@ CHILD_ENV_ALLOWLIST = (
 )
 
 
-# Variables the Claude executors may need (and only they): Anthropic's key and
-# AWS credentials for Bedrock. Given to the claude-code child only when it uses them.
+# Variables the Claude executors may need (and only they): Anthropic's key, AWS
+# credentials (keys, profile, ECS task role) and Claude Code's documented Bedrock
+# settings. Given to the claude-code child only when it uses them.
 CLAUDE_ENV_ALLOWLIST = (
-    "ANTHROPIC_API_KEY", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+    "ANTHROPIC_API_KEY", "ANTHROPIC_MODEL", "ANTHROPIC_SMALL_FAST_MODEL",
+    "ANTHROPIC_BEDROCK_BASE_URL", "CLAUDE_CODE_SKIP_BEDROCK_AUTH", "AWS_EC2_METADATA_DISABLED",
+    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
@@ -187,6 +190,7 @@ class Settings:
     claude_allow_shell: bool = False
     claude_max_turns: int = 30
     claude_use_bedrock: bool = False  # claude-code talks to Bedrock (CLAUDE_CODE_USE_BEDROCK)
+    claude_max_retries: int = 3  # Claude Code's own retries of a failed model call (CLAUDE_CODE_MAX_RETRIES)
     execution_timeout: float = 600.0
     bedrock_model_id: str = "us.anthropic.claude-sonnet-4-20250514-v1:0"
     bedrock_endpoint_url: str | None = None
@@ -256,6 +260,7 @@ class Settings:
             claude_allow_shell=_bool(env, "CLAUDE_ALLOW_SHELL", False),
             claude_max_turns=int(_number(env, "CLAUDE_MAX_TURNS", cls.claude_max_turns, int)),
             claude_use_bedrock=_bool(env, "CLAUDE_CODE_USE_BEDROCK", False),
+            claude_max_retries=int(_number(env, "CLAUDE_CODE_MAX_RETRIES", cls.claude_max_retries, int)),
             execution_timeout=_number(env, "EXECUTION_TIMEOUT", cls.execution_timeout),
             bedrock_model_id=env.get("BEDROCK_MODEL_ID") or cls.bedrock_model_id,
             bedrock_endpoint_url=env.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME") or None,

@@ -15,6 +15,8 @@
 #   .cache/bin/node, node22         links to the Node 20 and 22 binaries (scripts/test.sh puts
 #                                   .cache/bin first on PATH, so the tests use these)
 #   .cache/bin/configurable-http-proxy
+#   .cache/claude/                  Claude Code (@anthropic-ai/claude-code, pinned; needs Node >= 22,
+#   .cache/bin/claude               so npm runs its postinstall with Node 22), the CLI the tests run
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +26,7 @@ ASTRO7_VERSION="7.3.5"
 NODE20_VERSION="20.20.2"
 NODE22_VERSION="22.23.5"
 CHP_VERSION="5.3.0"
+CLAUDE_CODE_VERSION="2.1.332"  # keep equal to the Dockerfile's
 NPM_FLAGS=(--no-audit --no-fund --loglevel=error)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -111,12 +114,17 @@ main() {
     npm_package "Node 20" "$CACHE/node20" "node-linux-$arch@$NODE20_VERSION"
     npm_package "Node 22" "$CACHE/node22" "node-linux-$arch@$NODE22_VERSION"
     npm_package "configurable-http-proxy" "$CACHE/chp" "configurable-http-proxy@$CHP_VERSION"
+    # Claude Code's engines say Node >= 22: its postinstall (which copies the native binary) runs on Node 22.
+    PATH="$CACHE/node22/node_modules/node-linux-$arch/bin:$PATH" \
+        npm_package "Claude Code" "$CACHE/claude" "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
     mkdir -p "$CACHE/bin"
     ln -sfn "../node20/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node"
     ln -sfn "../node22/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node22"
     ln -sfn "../chp/node_modules/.bin/configurable-http-proxy" "$CACHE/bin/configurable-http-proxy"
+    ln -sfn "../claude/node_modules/.bin/claude" "$CACHE/bin/claude"
     "$CACHE/bin/node" --version >/dev/null
     "$CACHE/bin/node22" --version >/dev/null
+    "$CACHE/bin/claude" --version >/dev/null
     log "done in $((SECONDS - started)) s"
 }
 

@@ -51,7 +51,7 @@ def main(log: str) -> int:
         sys.stderr.write("No conversation found with session ID: gone-session\n")
         return 1
     out({"type": "system", "subtype": "init", "session_id": session, "cwd": os.getcwd(),
-         "tools": ["Read", "Edit", "MultiEdit", "Glob", "Grep"], "model": "fake", "permissionMode": option(argv, "--permission-mode")})
+         "tools": (option(argv, "--tools") or "").split(","), "model": "fake", "permissionMode": option(argv, "--permission-mode")})
     if "CRASH" in asked:
         sys.stderr.write("fake claude crashed\n")
         return 3

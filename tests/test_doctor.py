@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_astro import require
+from tests.fixtures_astro import CACHE, require
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE22 = ROOT / ".cache" / "bin" / "node22"
@@ -150,6 +150,18 @@ def test_executor_without_its_cli_fails(tmp_path):
     result = doctor(tmp_path, CLAUDE_EXECUTOR="claude-code", CLAUDE_CLI="/nonexistent/claude")
     assert result.returncode == 1
     assert line(result, "executor").startswith("FAIL")
+
+
+def test_the_claude_code_version_is_reported(tmp_path):
+    cli = CACHE / "bin" / "claude"
+    require(cli.exists(), "Claude Code (.cache/bin/claude) is not installed")
+    ok = line(doctor(tmp_path, CLAUDE_EXECUTOR="claude-code", CLAUDE_CLI=str(cli)), "executor")
+    assert ok.startswith("OK") and "2.1.332 (Claude Code)" in ok
+    broken = tmp_path / "claude"
+    broken.write_text("#!/bin/sh\necho 'cannot run' >&2\nexit 2\n")
+    broken.chmod(0o755)
+    failed = doctor(tmp_path, CLAUDE_EXECUTOR="claude-code", CLAUDE_CLI=str(broken))
+    assert failed.returncode == 1 and line(failed, "executor").startswith("FAIL") and "cannot run" in line(failed, "executor")
 
 
 SYSTEM_NODE = shutil.which("node")

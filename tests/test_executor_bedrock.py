@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+from tests.fixtures_claude import sigterm_during_a_hung_call
 from tests.fixtures_git import TEST_TOKEN, git
 
 MODEL = "us.anthropic.claude-test-v1:0"
@@ -61,6 +64,8 @@ async def test_throttling_beyond_the_attempts_and_other_errors_end_the_run_clear
     api, _ = await start(claude_thread, fake_bedrock, bedrock_max_attempts=2)
     answer = await api.call("POST", "/api/execute", body("anything"))
     assert answer.status == 502 and "ThrottlingException" in answer.body["error"]
+    assert "throttled" in answer.body["error"] and "HTTP 429" in answer.body["error"]
+    assert len(fake_bedrock.requests) == 2  # BEDROCK_MAX_ATTEMPTS counts every call
     fake_bedrock.replies.append((400, {"x-amzn-ErrorType": "ValidationException"}, {"message": "The model id is invalid"}))
     answer = await api.call("POST", "/api/execute", body("anything"))
     assert answer.status == 502 and "ValidationException" in answer.body["error"] and "model id is invalid" in answer.body["error"]
@@ -102,3 +107,31 @@ async def test_a_plan_offers_only_reading_tools(claude_thread, fake_bedrock):
     assert tools == {"list_files", "read_file"}
     assert fake_bedrock.requests[1]["messages"][-1]["content"][0]["toolResult"]["status"] == "error"
     assert not (worktree / "x.txt").exists()
+
+
+async def test_access_denied_an_unknown_model_and_missing_credentials_are_named(claude_thread, fake_bedrock, monkeypatch):
+    api, _ = await start(claude_thread, fake_bedrock, bedrock_max_attempts=1)
+    fake_bedrock.error(403, "AccessDeniedException", "You don't have access to the model with the specified model ID.")
+    denied = await api.call("POST", "/api/execute", body("one"))
+    assert denied.status == 502 and "access denied" in denied.body["error"] and "AccessDeniedException" in denied.body["error"]
+    fake_bedrock.error(404, "ResourceNotFoundException", "Could not resolve the foundation model from the model identifier.")
+    missing = await api.call("POST", "/api/execute", body("two"))
+    assert missing.status == 502 and "model not found" in missing.body["error"]
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    calls = len(fake_bedrock.requests)
+    nothing = await api.call("POST", "/api/execute", body("three"))
+    assert nothing.status == 502 and "no AWS credentials" in nothing.body["error"], nothing.text
+    assert len(fake_bedrock.requests) == calls  # nothing unsigned was sent
+
+
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancelled", "hung"])
+async def test_a_hung_converse_call_does_not_delay_the_exit_after_sigterm(tmp_path, git_home, remote, fake_bedrock, cancel_first):
+    """SIGTERM with a Converse call hung on the wire: the edge exits within EDGE_DRAIN_SECONDS + 5 s."""
+    fake_bedrock.hang()
+    env = {
+        "CLAUDE_EXECUTOR": "bedrock", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_bedrock.origin, "BEDROCK_MODEL_ID": MODEL,
+        "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    await sigterm_during_a_hung_call(tmp_path, git_home, remote.url, env, fake_bedrock.requests, cancel_first)

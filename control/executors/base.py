@@ -25,6 +25,7 @@ class RunRequest:
     approved_plan: str | None = None  # execute exactly this plan
     history: str = ""  # a short summary of the thread's recent instructions
     resume_session: str | None = None  # the agent's session of the previous run (claude-code)
+    agent_home: Path | None = None  # the agent's HOME (its session files), in the user's workspace folder
 
 
 @dataclass

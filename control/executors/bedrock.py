@@ -2,22 +2,26 @@
 
 The model gets four file tools confined to the worktree (``tools.py``; only the
 two reading ones when it is asked for a plan). Throttling is retried by
-botocore's standard retry mode (exponential backoff with jitter); any other
-error ends the run with a message naming the error code. Credentials come from
-boto3's usual chain (task role, env); they never enter the prompt.
+botocore's standard retry mode (exponential backoff with jitter) for at most
+BEDROCK_MAX_ATTEMPTS calls; then, and for any other error, the run ends with
+its cause named as the claude-code executor names it (``apierrors``). Credentials
+come from boto3's usual chain (task role, env); they never enter the prompt.
+
+Each call has connect and read timeouts and runs in a daemon thread
+(``threads``), so a cancelled or hung call never keeps a stopping edge alive.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from control.executors import tools
+from control.executors import apierrors, tools
 from control.executors.base import Emit, ExecutionError, RunRequest, RunResult, build_prompt
+from control.executors.threads import call_in_daemon_thread
 from edge.settings import Settings
 
 log = logging.getLogger("edge.control.bedrock")
@@ -27,6 +31,8 @@ SYSTEM = (
     "Make the smallest change that does what the owner asks, then reply with a one-paragraph summary."
 )
 FINISHED = ("end_turn", "stop_sequence", "max_tokens")
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 120  # one Converse answer of up to 4096 tokens; the run's own deadline is EXECUTION_TIMEOUT
 
 
 class BedrockExecutor:
@@ -39,8 +45,8 @@ class BedrockExecutor:
         config = Config(
             # total_max_attempts counts the first call too (botocore's max_attempts counts only retries).
             retries={"mode": "standard", "total_max_attempts": max(1, self.settings.bedrock_max_attempts)},
-            connect_timeout=10,
-            read_timeout=max(30, int(self.settings.execution_timeout)),
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
         )
         return boto3.session.Session().client(
             "bedrock-runtime",
@@ -51,17 +57,20 @@ class BedrockExecutor:
 
     async def _converse(self, client, **kwargs) -> dict:
         try:
-            return await asyncio.to_thread(client.converse, **kwargs)
+            return await call_in_daemon_thread(client.converse, **kwargs)
         except ClientError as exc:
             error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code, message = error.get("Code", "Unknown"), error.get("Message", "")
-            raise ExecutionError(f"Bedrock refused the request ({code}): {message}"[:500]) from None
-        except BotoCoreError as exc:
-            raise ExecutionError(f"Bedrock could not be reached: {type(exc).__name__}") from None
+            raise ExecutionError("Bedrock could not use the model: " + apierrors.describe(status, code, message)) from None
+        except BotoCoreError as exc:  # no credentials, a timeout, a refused connection
+            kind = type(exc).__name__
+            named = apierrors.cause(code=kind)
+            raise ExecutionError(f"Bedrock could not use the model: {named} ({kind})" if named else f"Bedrock could not be reached: {kind}") from None
 
     async def run(self, request: RunRequest, emit: Emit) -> RunResult:
         allowed = tools.READ_TOOLS if request.plan_only else tools.READ_TOOLS + tools.WRITE_TOOLS
-        client = await asyncio.to_thread(self.client)
+        client = await call_in_daemon_thread(self.client)
         messages: list[dict] = [{"role": "user", "content": [{"text": build_prompt(request)}]}]
         touched: list[str] = []
         texts: list[str] = []

@@ -9,11 +9,20 @@ in its own process group, and reads the stream line by line:
 * ``{"type": "user", "message": {"content": [tool_result ...]}}`` — a tool's outcome;
 * ``{"type": "result", "is_error": bool, "result": ..., "session_id": ..., "total_cost_usd": ...}``.
 
-Tools: read and edit inside the worktree only (``--permission-mode acceptEdits``
-with Read, Edit, MultiEdit, Glob, Grep; no bare ``Write``, which can write
-outside the folder; ``Bash`` disallowed unless CLAUDE_ALLOW_SHELL=1). A plan is
-made with ``--permission-mode plan`` and the reading tools. Cancelling the
-run (cancel endpoint, EXECUTION_TIMEOUT) ends the whole process group.
+Tools (``--tools``, which sets what the model is offered, proven against the pinned
+CLI 2.1.332 by the request its endpoint receives): Read, Glob, Grep, Edit and Write;
+Read, Glob and Grep alone in plan mode (``--permission-mode plan``); Bash only with
+CLAUDE_ALLOW_SHELL=1. ``--restricted`` confines the file tools to the worktree and
+ignores user, project and local settings files (no hooks or permissions from the
+site's repository); ``--strict-mcp-config`` loads no MCP server;
+``--disable-slash-commands`` loads no skill; ``--permission-prompts none`` denies
+whatever would need a person's approval.
+
+Environment: an allowlist (``env``); ``HOME`` is ``RunRequest.agent_home`` in the
+user's workspace folder, where the CLI keeps its sessions, so ``--resume`` works
+after a container restart. Failures name their cause (``apierrors``): the result
+line's ``api_error_status`` and the retry events' error kind. Cancelling the run
+(cancel endpoint, EXECUTION_TIMEOUT, the edge stopping) ends the whole process group.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from subprocess import PIPE
 
 import anyio
 
+from control.executors import apierrors
 from control.executors.base import Emit, ExecutionError, RunRequest, RunResult, build_prompt, relative_to
 from edge.settings import Settings
 from preview.process import signal_group
@@ -36,7 +46,14 @@ from preview.process import signal_group
 log = logging.getLogger("edge.control.claude_code")
 
 READ_TOOLS = ("Read", "Glob", "Grep")
-EDIT_TOOLS = ("Edit", "MultiEdit")
+EDIT_TOOLS = ("Edit", "Write")  # Claude Code 2.1.332 has no MultiEdit; Write is confined by --restricted
+# Claude Code's documented switches for a headless, offline-but-for-the-model run.
+QUIET_ENV = {
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+}
 CHANGING_TOOLS = {"Edit", "MultiEdit", "Write", "NotebookEdit"}
 MAX_LINE = 16 * 1024 * 1024
 STDERR_TAIL = 4096
@@ -54,44 +71,62 @@ class ClaudeCodeExecutor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    def tools(self, request: RunRequest) -> tuple[str, ...]:
+        """Exactly the tools the model is offered."""
+        if request.plan_only:
+            return READ_TOOLS
+        return READ_TOOLS + EDIT_TOOLS + (("Bash",) if self.settings.claude_allow_shell else ())
+
     def argv(self, request: RunRequest) -> list[str]:
         s = self.settings
-        tools = READ_TOOLS if request.plan_only else READ_TOOLS[:1] + EDIT_TOOLS + READ_TOOLS[1:]
-        if s.claude_allow_shell and not request.plan_only:
-            tools += ("Bash",)
+        tools = self.tools(request)
         args = [
             s.claude_cli,
             "-p",
             "--output-format", "stream-json",
             "--verbose",
             "--permission-mode", "plan" if request.plan_only else "acceptEdits",
-            "--allowedTools", ",".join(tools),
+            "--tools", ",".join(tools),
+            "--restricted",
+            "--strict-mcp-config",
+            "--disable-slash-commands",
+            "--permission-prompts", "none",
             "--max-turns", str(max(1, s.claude_max_turns)),
         ]
-        if not s.claude_allow_shell:
-            args += ["--disallowedTools", "Bash"]
+        if "Bash" in tools:
+            args += ["--allowedTools", "Bash"]  # acceptEdits approves only edits; a shell must be allowed by name
         if s.claude_model:
             args += ["--model", s.claude_model]
         if request.resume_session:
             args += ["--resume", request.resume_session]
         return args
 
-    def env(self) -> dict[str, str]:
-        """An allowlist: the child env, plus the credentials Claude Code itself needs (never GITHUB_TOKEN)."""
+    def env(self, home: Path | None = None) -> dict[str, str]:
+        """An allowlist: the child env, the CLI's quiet switches, and what its provider needs (never GITHUB_TOKEN)."""
         s = self.settings
         env = dict(s.child_env)
         env.setdefault("PATH", os.defpath)
-        env.update(DISABLE_AUTOUPDATER="1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+        if home is not None:
+            env["HOME"] = str(home)
+        env.update(QUIET_ENV)
+        env["CLAUDE_CODE_MAX_RETRIES"] = str(s.claude_max_retries)
         extra = dict(s.claude_env)
         if s.claude_use_bedrock:
             env.update({k: v for k, v in extra.items() if k.startswith("AWS_")})
             env["CLAUDE_CODE_USE_BEDROCK"] = "1"
+            for name in ("ANTHROPIC_BEDROCK_BASE_URL", "CLAUDE_CODE_SKIP_BEDROCK_AUTH"):
+                if name in extra:
+                    env[name] = extra[name]
             if s.aws_region:
                 env["AWS_REGION"] = s.aws_region
-            if s.claude_model:
-                env["ANTHROPIC_MODEL"] = s.claude_model
         elif "ANTHROPIC_API_KEY" in extra:
             env["ANTHROPIC_API_KEY"] = extra["ANTHROPIC_API_KEY"]
+        model = s.claude_model or extra.get("ANTHROPIC_MODEL")
+        if model:
+            env["ANTHROPIC_MODEL"] = model
+        small = extra.get("ANTHROPIC_SMALL_FAST_MODEL") or s.claude_model
+        if small:
+            env["ANTHROPIC_SMALL_FAST_MODEL"] = small  # never a second model the account may not have enabled
         return env
 
     async def run(self, request: RunRequest, emit: Emit) -> RunResult:
@@ -109,9 +144,12 @@ class ClaudeCodeExecutor:
                 raise ExecutionError(str(again)) from None
 
     async def _run_once(self, request: RunRequest, emit: Emit) -> RunResult:
+        home = request.agent_home
+        if home is not None:
+            await anyio.to_thread.run_sync(lambda: home.mkdir(parents=True, exist_ok=True))
         try:
             proc = await anyio.open_process(
-                self.argv(request), cwd=request.worktree, env=self.env(),
+                self.argv(request), cwd=request.worktree, env=self.env(home),
                 stdin=PIPE, stdout=PIPE, stderr=PIPE, start_new_session=True,
             )
         except OSError as exc:
@@ -140,10 +178,15 @@ class ClaudeCodeExecutor:
             except asyncio.CancelledError:
                 await stopper
                 raise
+        tail = stderr.decode("utf-8", "replace").strip()[-300:]
         if stream.result is None:
-            tail = stderr.decode("utf-8", "replace").strip()[-300:]
-            error = _NotStarted if stream.session_id is None else ExecutionError
+            error = _NotStarted if not stream.started else ExecutionError
             raise error(f"Claude Code exited with status {returncode} without a result" + (f": {tail}" if tail else ""))
+        if not stream.started and stream.result.get("is_error") is True:
+            # It failed before its session began (e.g. --resume of a session it no longer has): nothing was done.
+            errors = stream.result.get("errors")
+            detail = "; ".join(str(e) for e in errors)[:300] if isinstance(errors, list) and errors else tail
+            raise _NotStarted("Claude Code could not start the session" + (f": {detail}" if detail else ""))
         return stream.finish()
 
 
@@ -171,9 +214,11 @@ class _Stream:
         self.worktree = worktree
         self.emit = emit
         self.session_id: str | None = None
+        self.started = False  # the init message came: the agent's session began
         self.result: dict | None = None
         self.touched: list[str] = []
         self._pending: dict[str, tuple[str, str | None]] = {}  # tool_use id → (tool, file)
+        self.last_retry: dict = {}  # the CLI's last api_retry event: why a model call failed
 
     async def read(self, receive: anyio.abc.ByteReceiveStream) -> None:
         buffer = bytearray()
@@ -199,7 +244,9 @@ class _Stream:
         if not isinstance(item, dict):
             return
         kind = item.get("type")
-        if isinstance(item.get("session_id"), str) and item["session_id"] != self.session_id:
+        if kind == "system" and item.get("subtype") == "init":
+            self.started = True
+        if isinstance(item.get("session_id"), str) and item["session_id"] != self.session_id and self.started:
             self.session_id = item["session_id"]
             self.emit({"type": "session", "sessionId": self.session_id})
         if kind == "assistant":
@@ -212,6 +259,11 @@ class _Stream:
             for block in _content(item):
                 if block.get("type") == "tool_result":
                     self._tool_result(block)
+        elif kind == "system" and item.get("subtype") == "api_retry":
+            self.last_retry = item
+            status, error = item.get("error_status"), item.get("error")
+            self.emit({"type": "retry", "attempt": item.get("attempt"), "maxRetries": item.get("max_retries"),
+                       "status": status if isinstance(status, int) else None, "error": error if isinstance(error, str) else None})
         elif kind == "result":
             self.result = item
 
@@ -238,9 +290,7 @@ class _Stream:
         cost = result.get("total_cost_usd")
         turns = result.get("num_turns")
         failed = result.get("is_error") is True
-        error = None
-        if failed:
-            error = f"Claude Code reported an error ({result.get('subtype', 'error')})" + (f": {text[:300]}" if text else "")
+        error = self._error(result, text) if failed else None
         return RunResult(
             success=not failed,
             output=text,
@@ -250,6 +300,21 @@ class _Stream:
             cost_usd=cost if isinstance(cost, (int, float)) else None,
             turns=turns if isinstance(turns, int) else None,
         )
+
+
+    def _error(self, result: dict, text: str) -> str:
+        """What went wrong, cause first: the API's status and the retries' error kind, else the subtype."""
+        status = result.get("api_error_status")
+        status = status if isinstance(status, int) else None
+        kind = self.last_retry.get("error") if isinstance(self.last_retry.get("error"), str) else None
+        if status is None and isinstance(self.last_retry.get("error_status"), int):
+            status = self.last_retry["error_status"]
+        subtype = str(result.get("subtype", "error"))
+        if status is not None or kind or result.get("terminal_reason") == "api_error":
+            return "Claude Code could not use the model: " + apierrors.describe(status, kind, text)
+        if subtype == "error_max_turns":
+            return "Claude Code stopped after its turn limit (CLAUDE_MAX_TURNS)" + (f": {text[:300]}" if text else "")
+        return f"Claude Code reported an error ({subtype})" + (f": {text[:300]}" if text else "")
 
 
 def _content(item: dict) -> list[dict]:

@@ -39,20 +39,18 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from edge import keys, metrics
-from edge.errors import error_page, reason
+from edge.errors import raw_error, response_head
 from edge.flow import ProxyFlow
 from edge.headers import Peer, client_response_headers, make_peer, upstream_host, upstream_request_headers
 from edge.health import HEALTH_PATHS
 from edge.hostpolicy import split_host
 from edge.idle import IDLE
-from edge.limits import ConnectionGuard
+from edge.limits import HEAD_LIMITS, ConnectionGuard
 from edge.proxy import session_for_path
 from edge.routing import Match, MatchKind, Route, RouteState
 
 log = logging.getLogger("edge.fastpath")
 
-# A head longer than this goes to aiohttp, which applies its own limits (8190 bytes a line).
-MAX_HEAD = 16 * 1024
 # Bytes read ahead of the request being answered before reading pauses.
 READ_AHEAD = 256 * 1024
 # Request headers that take a request off the fast path (bodies, upgrades, 100-continue).
@@ -218,7 +216,7 @@ FAST_PATH = web.AppKey("fast_path", FastPath)
 class _RequestHead:
     """httptools' callbacks for one request head."""
 
-    __slots__ = ("parser", "url", "headers", "complete", "keep_alive")
+    __slots__ = ("parser", "url", "headers", "complete", "keep_alive", "over_limit")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -229,11 +227,16 @@ class _RequestHead:
         self.headers: list[tuple[str, str]] = []
         self.complete = False
         self.keep_alive = True
+        self.over_limit = False  # past one of aiohttp's head limits: aiohttp's path answers it (400)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > HEAD_LIMITS.max_line_size:
+            self.over_limit = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > HEAD_LIMITS.max_field_size or len(self.headers) >= HEAD_LIMITS.max_headers:
+            self.over_limit = True
         self.headers.append((_text(name), _text(value)))
 
     def on_headers_complete(self) -> None:
@@ -278,6 +281,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.informational = False
         self.complete = False
         self.keep_alive = True
+        # Bytes after the complete answer (a second response nobody asked for): never
+        # passed on, and the connection is not reused, as nginx does.
+        self.surplus = False
 
     def usable_for(self, target: URL) -> bool:
         return self.transport is not None and not self.transport.is_closing() and self.idle and self.target == target
@@ -296,27 +302,41 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:  # nothing was asked: these bytes answer no request
+            self.surplus = True
+            self.close()
+            return
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if isinstance(exc, httptools.HttpParserCallbackError):
                 log.exception("fast path: handling an upstream response failed")
-            self.front.upstream_failed(self, f"stream broke mid-body: invalid response ({type(exc).__name__})")
-            return
+            if not self.complete:
+                self.front.upstream_failed(self, f"stream broke mid-body: invalid response ({type(exc).__name__})")
+                return
+            self.surplus = True  # garbage after a complete answer
         self.front.upstream_progress(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         self.front.upstream_lost(self)
 
-    # httptools callbacks
+    # httptools callbacks (each ignores what follows a complete answer)
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.surplus = True
+
     def on_status(self, status: bytes) -> None:
-        self.reason += status
+        if not self.complete:
+            self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((_text(name), _text(value)))
+        if not self.complete:
+            self.headers.append((_text(name), _text(value)))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         status = self.parser.get_status_code()
         if status < 200:  # 1xx (103 Early Hints): not passed on, as aiohttp's client drops it too
             self.informational = True
@@ -326,9 +346,12 @@ class UpstreamProtocol(asyncio.Protocol):
         self.front.response_head(self)
 
     def on_body(self, body: bytes) -> None:
-        self.front.response_body(self, body)
+        if not self.complete:
+            self.front.response_body(self, body)
 
     def on_message_complete(self) -> None:
+        if self.complete:
+            return
         if self.informational:
             self.reset()
             return
@@ -459,8 +482,8 @@ class FrontProtocol(asyncio.Protocol):
             self._hand_over()  # another method (or garbage): aiohttp's from the first bytes
             return
         end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD or b"\n\n" in self._buffer:
+        if end < 0 or end + 4 > HEAD_LIMITS.max_head:
+            if len(self._buffer) > HEAD_LIMITS.max_head or b"\n\n" in self._buffer:
                 self._hand_over()  # too long, or bare LF line ends: aiohttp's limits and parser decide
             return
         head = bytes(self._buffer[: end + 4])
@@ -485,7 +508,9 @@ class FrontProtocol(asyncio.Protocol):
             parsed.parser.feed_data(head)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             return None  # aiohttp's parser answers it (400, or a WebSocket)
-        if not parsed.complete or parsed.parser.get_method() != b"GET" or parsed.parser.get_http_version() != "1.1":
+        if parsed.over_limit or not parsed.complete:
+            return None
+        if parsed.parser.get_method() != b"GET" or parsed.parser.get_http_version() != "1.1":
             return None
         return parsed
 
@@ -573,7 +598,7 @@ class FrontProtocol(asyncio.Protocol):
             out["Connection"] = "close"
         flow.response_headers = out
         exchange.head_sent = True
-        self._out.append(_response_head(upstream.status, flow.reason, out))
+        self._out.append(response_head(upstream.status, flow.reason, out))
 
     def response_body(self, upstream: UpstreamProtocol, body: bytes) -> None:
         exchange = self._exchange
@@ -597,7 +622,7 @@ class FrontProtocol(asyncio.Protocol):
         self._flush()
         if upstream.complete:
             upstream.idle = True
-            if not upstream.keep_alive:
+            if not upstream.keep_alive or upstream.surplus:
                 self._drop_upstream()
             self._finish(exchange)
 
@@ -643,17 +668,12 @@ class FrontProtocol(asyncio.Protocol):
         self._finish(exchange)
 
     def _answer_error(self, exchange: Exchange, status: int, error: str, hint: str) -> None:
-        page = error_page(exchange.flow.client_headers.get("Accept", ""), status, error, hint)
-        body = page.text.encode()
-        headers = CIMultiDict(page.headers)
-        headers["Content-Type"] = f"{page.content_type}; charset=utf-8"
-        headers["Content-Length"] = str(len(body))
-        if self._closes_after(exchange):
-            headers["Connection"] = "close"
+        accept = exchange.flow.client_headers.get("Accept", "")
+        headers, answer = raw_error(accept, status, error, hint, close=self._closes_after(exchange))
         exchange.flow.status = status
         exchange.flow.response_headers = headers
         exchange.head_sent = True
-        self._out.append(_response_head(status, reason(status), headers) + body)
+        self._out.append(answer)
         self._flush()
 
     def _flush(self) -> None:
@@ -731,13 +751,6 @@ class FrontProtocol(asyncio.Protocol):
         if self._reading_paused:
             transport.resume_reading()
         self._pass_on(transport, data)
-
-
-def _response_head(status: int, phrase: str, headers: CIMultiDict[str]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {phrase or reason(status)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 def setup(app: web.Application) -> FastPath:

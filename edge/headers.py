@@ -188,6 +188,8 @@ def client_response_headers(
 ) -> CIMultiDict[str]:
     """The headers sent to the client: hop-by-hop removed, ``Location`` made public, the session named.
 
+    An upstream's ``Set-Cookie`` for the edge's own cookie is removed.
+
     A prefix-routed answer also sets the edge's cookie (unless the client has it
     already), so that root-absolute requests from this page (``/@vite/client``,
     ``/src/...``) find the session; redirects land under the prefix unless the
@@ -204,6 +206,10 @@ def client_response_headers(
         if lower in drop:
             flow.change("response", "removed", name, value)
             continue
+        if lower == "set-cookie" and _cookie_name(value) == SESSION_COOKIE:
+            # Only the edge sets its routing cookie: a preview must not move a browser to another session.
+            flow.change("response", "removed", name, value)
+            continue
         if lower == "location":
             public = public_location(value, target, location_prefix, f"{peer.scheme}://{peer.host}")
             if public != value:
@@ -218,6 +224,11 @@ def client_response_headers(
         out.add("Set-Cookie", f"{SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Lax{secure}")
         flow.change("response", "added", "Set-Cookie", None, f"{SESSION_COOKIE}=…")
     return out
+
+
+def _cookie_name(set_cookie: str) -> str:
+    """The name a ``Set-Cookie`` value sets (browsers trim whitespace around it)."""
+    return set_cookie.partition(";")[0].partition("=")[0].strip()
 
 
 def public_location(location: str, target: URL, public_prefix: str, public_origin: str) -> str:

@@ -32,13 +32,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
+
+from edge.errors import error_page, raw_error
 
 if TYPE_CHECKING:
     from edge.fastpath import FastPath
@@ -46,6 +51,47 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge.limits")
 
 REFUSAL_LOG_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """The limits on a request head, the same on every path (:mod:`edge.fastpath` hands over what exceeds them)."""
+
+    max_line_size: int = 8190  # the request target (aiohttp's default)
+    max_field_size: int = 8190  # one header's name and value together (aiohttp's default)
+    max_headers: int = 128  # header fields (aiohttp's default)
+    max_head: int = 16 * 1024  # the whole head, request line to blank line
+
+
+HEAD_LIMITS = HeadLimits()
+_ACCEPT = re.compile(rb"\r\naccept[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+class RateLimitedLog:
+    """At most ``burst`` lines per ``interval`` seconds; the next line says how many were left out."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, burst: int = 5) -> None:
+        self._log = logger
+        self._interval = interval
+        self._burst = burst
+        self._window = -interval
+        self._count = 0
+        self._skipped = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._window >= self._interval:
+            self._window, self._count = now, 0
+        if self._count >= self._burst:
+            self._skipped += 1
+            return
+        self._count += 1
+        if self._skipped:
+            message += " (%d similar lines left out)"
+            args = (*args, self._skipped)
+            self._skipped = 0
+        self._log.warning(message, *args)
+
 
 
 class GuardedConnection(Protocol):
@@ -65,6 +111,7 @@ class ConnectionGuard:
         self.refused = 0
         self._open: dict[GuardedConnection, None] = {}  # insertion-ordered: the oldest first
         self._warned_at = -REFUSAL_LOG_INTERVAL
+        self.bad_requests = RateLimitedLog(log)  # one line per bad request, a few per interval at most
 
     def admit(self, protocol: GuardedConnection) -> bool:
         """Count a new connection in, making room by closing an idle one; False when all are busy."""
@@ -101,15 +148,24 @@ class ConnectionGuard:
 
 
 class EdgeProtocol(RequestHandler):
-    """aiohttp's HTTP/1.1 protocol with the connection cap and a request-head deadline."""
+    """aiohttp's HTTP/1.1 protocol with the connection cap, a request-head deadline and size limit,
+    and parser errors answered in the edge's shape."""
 
-    __slots__ = ("_guard", "_admitted", "_head_timer")
+    __slots__ = ("_guard", "_admitted", "_head_timer", "_head", "_in_head", "_accept_seen")
 
     def __init__(self, manager: Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
+        limits = {
+            "max_line_size": HEAD_LIMITS.max_line_size,
+            "max_field_size": HEAD_LIMITS.max_field_size,
+            "max_headers": HEAD_LIMITS.max_headers,
+        }
+        super().__init__(manager, **{**limits, **kwargs})
         self._guard = guard
         self._admitted = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head = bytearray()  # the bytes of the head being read (its size is limited; its Accept picks an error's form)
+        self._in_head = True  # a request head is being read (from the connection's start)
+        self._accept_seen = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._guard.admit(self):
@@ -128,12 +184,56 @@ class EdgeProtocol(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self.waiting_for_head():
-            self._start_head_clock()  # the first byte of the next request on a kept-alive connection
+        if not self._in_head and self.waiting_for_head():
+            self._in_head = True  # the first byte of the next request on a kept-alive connection
+            if self._head_timer is None:
+                self._start_head_clock()
+        limit = HEAD_LIMITS.max_head
+        if self._in_head and len(self._head) <= limit:
+            self._head += data[: limit + 1 - len(self._head)]
+            if len(self._head) > limit and self._head.find(b"\r\n\r\n", 0, limit) < 0:
+                self._refuse_head(431, f"The request head is larger than {limit} bytes.")
+                return
         heads = self._request_count
         super().data_received(data)
         if self._request_count != heads:
+            self._in_head = False
+            self._accept_seen = self._accept()  # for handle_error, which runs later
+            self._head.clear()
             self._stop_head_clock()
+
+    def _refuse_head(self, status: int, error: str) -> None:
+        """Answer a head that is too large (in the edge's shape, as HTTP/1.1) and close the connection."""
+        self._guard.bad_requests.warning("bad request from %s: %d %s", self.peername, status, error)
+        _, answer = raw_error(self._accept(), status, error, close=True)
+        self._stop_head_clock()
+        if self.transport is not None:
+            self.transport.write(answer)
+        self.force_close()
+
+    def _accept(self) -> str:
+        found = _ACCEPT.search(self._head)
+        return found.group(1).decode("latin-1").strip() if found else ""
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        """Parser errors (400): one rate-limited WARNING line, no traceback, and the edge's error shape.
+
+        aiohttp answers them as HTTP/1.0 text, since its placeholder request for
+        a head it could not parse has version 1.0 and no headers; the Accept
+        header is read from the raw head instead. Other errors (a handler's
+        exception: 500) keep aiohttp's handling and its traceback.
+        """
+        if status != 400 or request.method != "UNKNOWN":  # aiohttp's placeholder for a head it could not parse
+            return super().handle_error(request, status, exc, message)
+        error = f"Bad request: {message or 'invalid HTTP'}"[:300]
+        self._guard.bad_requests.warning("bad request from %s: %s", request.remote, error[:200])
+        request._version = HttpVersion11  # the placeholder's is 1.0; this answer is HTTP/1.1 like every other
+        page = error_page(self._accept_seen, 400, error)
+        response = web.Response(status=400, text=page.text, content_type=page.content_type, headers=page.headers)
+        response.force_close()
+        return response
 
     def waiting_for_head(self) -> bool:
         """Idle: open, with no request being handled or queued (a new or kept-alive connection)."""
@@ -152,7 +252,7 @@ class EdgeProtocol(RequestHandler):
 
     def _head_deadline(self) -> None:
         self._head_timer = None
-        if self.waiting_for_head():
+        if self._in_head and self.transport is not None:
             log.debug("closing a connection from %s: no complete request head in %ss", self.peername, self._guard.header_timeout)
             self.force_close()
 

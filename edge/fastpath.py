@@ -41,11 +41,11 @@ from yarl import URL
 from edge import keys, metrics
 from edge.errors import raw_error, response_head
 from edge.flow import ProxyFlow
-from edge.headers import Peer, client_response_headers, make_peer, upstream_host, upstream_request_headers
+from edge.headers import Peer, client_address, client_response_headers, make_peer, upstream_host, upstream_request_headers
 from edge.health import HEALTH_PATHS
 from edge.hostpolicy import split_host
 from edge.idle import IDLE
-from edge.limits import HEAD_LIMITS, ConnectionGuard
+from edge.limits import HEAD_LIMITS, Admission, ConnectionGuard, peer_address
 from edge.proxy import session_for_path
 from edge.routing import Match, MatchKind, Route, RouteState
 
@@ -383,17 +383,19 @@ class FrontProtocol(asyncio.Protocol):
         self._deadline: float | None = None  # for the request head, or the keep-alive limit when idle
         self._reading_paused = False
         self._closing = False
+        self._reserve = False
 
     # -- the connection ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._guard.admit(self):
+        self._remote = peer_address(transport)
+        admission = self._guard.admit(self, self._remote)
+        if admission is Admission.REFUSED:
             transport.close()
             return
         self._admitted = True
+        self._reserve = admission is Admission.RESERVE  # health checks only: aiohttp's path decides
         self.transport = transport  # type: ignore[assignment]
-        peername = transport.get_extra_info("peername")
-        self._remote = peername[0] if isinstance(peername, (list, tuple)) and peername else ""
         self._fast.connections.add(self)
         self._arm(self._fast.settings.header_timeout)
 
@@ -413,6 +415,7 @@ class FrontProtocol(asyncio.Protocol):
             self._drop_upstream()
 
     def data_received(self, data: bytes) -> None:
+        self._guard.read(self)
         if self._exchange is None and not self._buffer:
             self._arm(self._fast.settings.header_timeout)  # a new request begins
         self._buffer += data
@@ -443,6 +446,13 @@ class FrontProtocol(asyncio.Protocol):
     def waiting_for_head(self) -> bool:
         """Idle: open, with no request being answered (:class:`edge.limits.ConnectionGuard` closes these first)."""
         return self.transport is not None and self._exchange is None
+
+    def receiving(self) -> bool:
+        """Waiting on the client (the fast path's requests have no body)."""
+        return self.waiting_for_head()
+
+    def body_stalled(self) -> bool:
+        return False
 
     def force_close(self) -> None:
         if self.transport is not None:
@@ -478,7 +488,7 @@ class FrontProtocol(asyncio.Protocol):
         if self._closing or self._fast.stopping:
             self.force_close()
             return
-        if not b"GET "[: len(self._buffer)] == self._buffer[:4]:
+        if self._reserve or not b"GET "[: len(self._buffer)] == self._buffer[:4]:
             self._hand_over()  # another method (or garbage): aiohttp's from the first bytes
             return
         end = self._buffer.find(b"\r\n\r\n")
@@ -492,6 +502,11 @@ class FrontProtocol(asyncio.Protocol):
             self._hand_over()
             return
         raw_path, headers = _text(parsed.url), CIMultiDict(parsed.headers)
+        if self._guard.per_client and "X-Forwarded-For" in headers:
+            trusted = self._guard.trusted
+            if not self._guard.attribute(self, client_address(self._remote, headers.getall("X-Forwarded-For"), trusted)):
+                self._hand_over()  # aiohttp's path answers 429 in the edge's shape
+                return
         taken = self._fast.route(raw_path, headers)
         if taken is None:
             self._hand_over()

@@ -65,7 +65,7 @@ def make_peer(
 ) -> Peer:
     """Who is asking, and by which public origin; ``X-Forwarded-*`` believed only from trusted proxies."""
     address = remote or ""
-    trusted = bool(trusted_networks) and _is_trusted(address, trusted_networks)
+    trusted = bool(trusted_networks) and is_trusted(address, trusted_networks)
     host = headers.get("Host", "")
     scheme = request_scheme
     port = ""
@@ -83,7 +83,7 @@ def make_peer(
 _TRUST_CACHE: dict[tuple[str, int], tuple[object, bool]] = {}
 
 
-def _is_trusted(address: str, trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+def is_trusted(address: str, trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     """Whether ``address`` is in a trusted network.
 
     Cached per address and networks tuple (clients reuse their address); keyed by
@@ -103,6 +103,25 @@ def _is_trusted(address: str, trusted_networks: tuple[ipaddress.IPv4Network | ip
         _TRUST_CACHE.clear()
     _TRUST_CACHE[key] = (trusted_networks, trusted)
     return trusted
+
+
+def client_address(
+    remote: str,
+    forwarded_for: list[str] | tuple[str, ...],
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> str:
+    """The client's address: the nearest ``X-Forwarded-For`` entry not a trusted proxy, when ``remote`` is one."""
+    address = remote
+    if not forwarded_for or not trusted_networks or not is_trusted(remote, trusted_networks):
+        return address
+    for entry in reversed(",".join(forwarded_for).split(",")):
+        entry = entry.strip()
+        if not entry:
+            continue
+        address = entry
+        if not is_trusted(entry, trusted_networks):
+            break
+    return address
 
 
 def _first(value: str | None) -> str:

@@ -71,7 +71,7 @@ async def start_edge(settings: Settings, *, proxy_log: ProxyLog | None = None) -
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=settings.drain_seconds)
     await runner.setup()
     app[STOPPING].server = runner.server
-    guard = ConnectionGuard(settings.max_connections, settings.header_timeout)
+    guard = ConnectionGuard.from_settings(settings)
     site = EdgeSite(
         runner,
         settings.host,

@@ -47,7 +47,7 @@ class Worker:
         app[keys.PROXY_LOG] = ProxyLog([JsonLines()], recent=MAX_RECORDS)
         app[IDLE] = IdleWatch()
         self.fast = FastPath(app)  # no metrics sink: each report takes the tally
-        self.guard = ConnectionGuard(settings.max_connections, settings.header_timeout)
+        self.guard = ConnectionGuard.from_settings(settings)
         self.stop = asyncio.Event()
         self._reported: dict[str, float] = {}
 

@@ -38,7 +38,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from edge import keys, metrics
+from edge import keys, metrics, viteguard
 from edge.errors import raw_error, response_head
 from edge.flow import ProxyFlow
 from edge.headers import Peer, client_address, client_response_headers, make_peer, upstream_host, upstream_request_headers
@@ -157,7 +157,7 @@ class FastPath:
             found = session_for_path(raw_path, headers, upgrade=False)
         else:
             return None
-        if not isinstance(found, Match):
+        if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path):
             return None
         route = self.table.get(found.session_id)
         if route is None or route.state is not RouteState.READY or route.target is None:

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from edge import keys, metrics
+from edge import keys, metrics, viteguard
 from edge.auth import cross_site_upgrade
 from edge.errors import error_response
 from edge.flow import ProxyFlow
@@ -107,6 +107,9 @@ async def proxy_session(request: web.Request, found: Match, upgrade: bool) -> we
     if unavailable is not None:
         return unavailable
     assert route.target is not None
+    refused = viteguard.refusal(found.upstream_path, route.root)
+    if refused is not None:
+        return error_response(request, 403, refused)
     table.touch(found.session_id)
     settings = request.app[keys.SETTINGS]
     peer = make_peer(request.remote, request.headers, request.scheme, settings.trusted_proxies)

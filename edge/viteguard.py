@@ -10,13 +10,17 @@ before the dev server sees them, the shapes those bypasses need and no page
 or Vite client ever sends:
 
 * a ``#`` or a backslash in the request target;
-* a ``?`` inside the query (a second ``?``: ``?raw??``, ``?raw?import``,
-  ``?.svg?.wasm?init``, ``?/../``);
-* ``.`` or ``..`` segments, also percent-encoded (browsers remove them);
-* segments naming secrets Vite denies by default (``.env*``, ``.git``,
-  ``*.pem``, ``*.crt``);
+* a second ``?`` in a query that names Vite's transforms or a path
+  (``?raw??``, ``?import&raw??``, ``?raw?import``, ``?.svg?.wasm?init``,
+  ``?/../``);
+* path segments naming secrets Vite denies by default (``.env*``, ``.git``,
+  ``*.pem``, ``*.crt``), also percent-encoded and with anything after them
+  (``/.env/.``);
 * ``/@fs/<path>`` outside the project's folder (its ``node_modules`` included,
-  wherever a link points) when the route knows the folder.
+  wherever a link points; ``..`` and ``%2e%2e`` resolved) when the route
+  knows the folder.
+
+Dot segments elsewhere pass byte-identical, as every other path does.
 
 :func:`needs_check` is the cheap test the fast path uses to leave a request
 to aiohttp's path, which alone judges (:func:`refusal`).
@@ -29,6 +33,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 FS_PREFIX = "/@fs/"
+# Query parameters that make Vite transform a file (the 2025 bypasses add a second '?' to them).
+VITE_PARAMS = frozenset({"raw", "import", "inline", "url", "worker", "sharedworker", "init"})
 # Vite's default server.fs.deny patterns, as segment tests.
 _SECRET_PREFIXES = (".env", ".git")
 _SECRET_SUFFIXES = (".pem", ".crt")
@@ -44,7 +50,8 @@ def needs_check(raw_target: str) -> bool:
         or "#" in raw_target
         or "?" in query
         or path.startswith(FS_PREFIX)
-        or path.endswith((".pem", ".crt"))
+        or ".pem" in path
+        or ".crt" in path
     )
 
 
@@ -55,19 +62,28 @@ def refusal(raw_target: str, root: Path | None) -> str | None:
     if "#" in raw_target or "\\" in raw_target:
         return "A '#' or '\\' in the request target is not accepted."
     raw_path, _, query = raw_target.partition("?")
-    if "?" in query:
-        return "A second '?' in the request target is not accepted."
+    if "?" in query and _vite_query(query):
+        return "A second '?' with Vite's query parameters is not accepted."
     path = unquote(raw_path)
     if "\\" in path or "\x00" in path:
         return "An encoded '\\' or NUL in the path is not accepted."
     for segment in path.split("/"):
-        if segment in (".", ".."):
-            return "Dot segments in the path are not accepted."
         if segment.startswith(_SECRET_PREFIXES) or segment.endswith(_SECRET_SUFFIXES):
             return "This file is not served."
     if path.startswith(FS_PREFIX) and root is not None and not _inside(path[len(FS_PREFIX) - 1 :], root):
         return "Files outside the project are not served."
     return None
+
+
+def _vite_query(query: str) -> bool:
+    """Whether a query names one of Vite's transforms (``raw``, ``import``, ``inline``, ``url``,
+    ``worker``, ``init``, a ``.wasm``/``.svg`` suffix) or a path (``?/../``): what the bypasses combine
+    with a second ``?``. A plain second ``?`` (``?to=/next?x=1``) is an ordinary query."""
+    for piece in query.replace("?", "&").split("&"):
+        name = unquote(piece.partition("=")[0]).lower()
+        if name in VITE_PARAMS or name.endswith((".wasm", ".svg")) or name.startswith(("/", ".")):
+            return True
+    return False
 
 
 def _inside(file: str, root: Path) -> bool:

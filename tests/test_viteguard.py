@@ -67,6 +67,8 @@ def test_refusal_keeps_what_astro_and_vite_send():
         "/@fs/srv/site/node_modules/astro/dist/runtime/client/dev-toolbar/entrypoint.js?v=1",
         "/.well-known/appspecific/com.chrome.devtools.json",
         "/caf%C3%A9",
+        "/login?next=/a?b=1",
+        "/a/../b/./c",
     ):
         assert refusal(target, root) is None, target
 

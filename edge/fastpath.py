@@ -40,7 +40,7 @@ from yarl import URL
 
 from edge import keys, metrics, viteguard
 from edge.errors import raw_error, response_head
-from edge.flow import ProxyFlow
+from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, client_address, client_response_headers, make_peer, upstream_host, upstream_request_headers
 from edge.health import HEALTH_PATHS
 from edge.hostpolicy import split_host
@@ -86,10 +86,8 @@ class Tally:
 
     def done(self, flow: ProxyFlow, status: int) -> None:
         self.statuses[status] += 1
-        if flow.error:
-            kind = metrics.upstream_error_kind(flow.error)
-            if kind is not None:
-                self.errors[kind] += 1
+        if flow.error_kind is not None:
+            self.errors[flow.error_kind.value] += 1
 
     def as_json(self) -> dict:
         """For a worker's report (:mod:`edge.worker`)."""
@@ -667,7 +665,7 @@ class FrontProtocol(asyncio.Protocol):
         if not exchange.head_sent:
             self._replay(exchange)
             return
-        exchange.flow.error = error
+        exchange.flow.fail(UpstreamError.RESET, error)
         self._flush()
         self._closing = True
         self.force_close()
@@ -678,7 +676,7 @@ class FrontProtocol(asyncio.Protocol):
         if self._exchange is not exchange or exchange.head_sent:
             return
         self._drop_upstream()
-        exchange.flow.error = "upstream timeout"
+        exchange.flow.fail(UpstreamError.TIMEOUT, "upstream timeout")
         self._answer_error(exchange, 504, "The preview did not answer in time.", "Try again; if it persists, restart the preview.")
         self._finish(exchange)
 

@@ -15,10 +15,10 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from edge import keys, metrics, viteguard
+from edge import keys, metrics, reserved, viteguard
 from edge.auth import cross_site_upgrade
 from edge.errors import error_response
-from edge.flow import ProxyFlow
+from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, client_response_headers, make_peer, upstream_host, upstream_request_headers
 from edge.hostpolicy import is_session_id
 from edge.routing import (
@@ -33,10 +33,6 @@ from edge.routing import (
 )
 from edge.websocket import is_upgrade, relay_websocket
 
-# The edge's own namespace: never routed to a session by the cookie.
-EDGE_ROUTES = ("/api/", "/_edge/")
-EDGE_EXACT = ("/api", "/health", "/metrics", "/_edge", "/session")
-RESERVED = (*EDGE_ROUTES, "/session/")
 # Upstream bodies up to this size (with a Content-Length) are read whole and sent with the head in one write.
 SMALL_BODY = 64 * 1024
 BROKEN_STREAM = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
@@ -52,8 +48,7 @@ def session_for_path(raw_path: str, headers: CIMultiDictProxy[str] | CIMultiDict
     found = match_prefix(raw_path)
     if found is not None:
         return found
-    path = raw_path.partition("?")[0]
-    if path in EDGE_EXACT or path.startswith(RESERVED):
+    if reserved.lookup(raw_path.partition("?")[0]) is not None:  # the edge's own: never the cookie's
         return None
     session = cookie_session(headers.get("Cookie"))
     if session is None or not is_session_id(session):
@@ -71,7 +66,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if isinstance(found, Redirect):
         return redirect(found.location)
     if found is None:
-        if request.path in EDGE_EXACT or request.path.startswith(EDGE_ROUTES):
+        row = reserved.lookup(request.path)
+        if row is not None and (row.own or request.path == row.path):
             return error_response(request, 404, f"No such edge route: {request.method} {request.path}")
         return error_response(
             request,
@@ -165,12 +161,10 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         # encoded=True: the raw path and query go upstream byte-identical, never re-quoted.
         upstream = await _send(request, URL(flow.upstream_url, encoded=True), headers, flow)
     except TimeoutError:
-        flow.error = "upstream timeout"
-        flow.status = 504
+        flow.fail(UpstreamError.TIMEOUT, "upstream timeout", 504)
         return error_response(request, 504, "The preview did not answer in time.", "Try again; if it persists, restart the preview.")
     except (aiohttp.ClientError, OSError) as exc:
-        flow.error = f"upstream unreachable: {type(exc).__name__}"
-        flow.status = 502
+        flow.fail(_unreachable_kind(exc), f"upstream unreachable: {type(exc).__name__}", 502)
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")
 
     metrics.upstream_head(request.app, flow)
@@ -224,9 +218,14 @@ async def _answer_whole(
     return response
 
 
+def _unreachable_kind(exc: BaseException) -> UpstreamError:
+    """Not connected at all, or connected and then dropped."""
+    return UpstreamError.CONNECT if isinstance(exc, aiohttp.ClientConnectorError) else UpstreamError.RESET
+
+
 def _cut(request: web.Request, response: web.StreamResponse, flow: ProxyFlow, exc: BaseException) -> web.StreamResponse:
     """The status line is sent already: the only honest signal left is to cut the connection."""
-    flow.error = f"stream broke mid-body: {type(exc).__name__}"
+    flow.fail(UpstreamError.RESET, f"stream broke mid-body: {type(exc).__name__}")
     if request.transport is not None:
         request.transport.close()
     return response

@@ -5,10 +5,15 @@ Astro page load is 30-100 of them). Through aiohttp's server and client a
 proxied request costs about 600 µs of CPU on the project's machine; here
 the same request is proxied at the transport level (llhttp, through
 httptools, parses both heads; bodies pass as they arrive) for a fraction of
-that. What a client, the upstream and the logs see stays the same: the
-header rules of :mod:`edge.headers`, the flow record, proxy log, flow file,
-metrics and activity tracking of :mod:`edge.proxy`, and the server limits of
-:mod:`edge.limits` (request-head deadline, keep-alive timer, connection cap).
+that. What a client, the upstream and the logs see stays the same, because
+the decisions are shared, not copied: the routing decision of
+:mod:`edge.classify`, the Vite guard's test of :mod:`edge.viteguard`, the
+header rules of :mod:`edge.headers`, the exchange lifecycle of
+:mod:`edge.exchange` (flow record, proxy log, flow file), typed upstream error
+kinds for the metrics, and the server limits of :mod:`edge.limits` (head
+limits and deadline, keep-alive timer, connection guard). What is left here
+is what makes it fast: parsing with llhttp, one write per upstream read, a
+kept-alive upstream connection per client connection, batched metrics.
 
 Every client connection starts here. A request the fast path does not take
 (another method, a body, an upgrade, HTTP/1.0, one of the edge's own routes,
@@ -38,16 +43,15 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from edge import exchange as exchanges
 from edge import keys, metrics, viteguard
+from edge.classify import classify
 from edge.errors import raw_error, response_head
 from edge.flow import ProxyFlow, UpstreamError
-from edge.headers import Peer, client_address, client_response_headers, make_peer, upstream_host, upstream_request_headers
-from edge.health import HEALTH_PATHS
-from edge.hostpolicy import split_host
+from edge.headers import Peer, client_address, client_response_headers, make_peer, upstream_request_headers
 from edge.idle import IDLE
 from edge.limits import HEAD_LIMITS, Admission, ConnectionGuard, peer_address
-from edge.proxy import session_for_path
-from edge.routing import Match, MatchKind, Route, RouteState
+from edge.routing import Match, Route, RouteState
 
 log = logging.getLogger("edge.fastpath")
 
@@ -137,24 +141,10 @@ class FastPath:
 
     def route(self, raw_path: str, headers: CIMultiDict[str]) -> tuple[Match, Route] | None:
         """The session and ready route of a plain GET, or None when aiohttp's path must decide."""
-        if not raw_path.startswith("/"):
-            return None
         for name in NOT_FAST:
             if name in headers:
                 return None
-        hosts = headers.getall("Host", ())
-        host = split_host(hosts[0]) if len(hosts) == 1 else None
-        if host is None:
-            return None
-        session_id = self.hosts.session_for_host(host)
-        if session_id is not None:
-            if raw_path.partition("?")[0] in HEALTH_PATHS:
-                return None
-            found: object = Match(session_id, MatchKind.HOST, raw_path, "")
-        elif self.hosts.allows(host):
-            found = session_for_path(raw_path, headers, upgrade=False)
-        else:
-            return None
+        found = classify(raw_path, "GET", headers, self.hosts, upgrade=False)
         if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path):
             return None
         route = self.table.get(found.session_id)
@@ -533,21 +523,13 @@ class FrontProtocol(asyncio.Protocol):
         fast = self._fast
         assert route.target is not None
         peer = make_peer(self._remote, headers, "http", fast.settings.trusted_proxies)
-        flow = ProxyFlow(
-            session_id=match.session_id,
-            match=match.kind.value,
-            method="GET",
-            raw_path=raw_path,
-            http_version="HTTP/1.1",
-            client_addr=peer.address,
-            client_headers=headers,
+        flow = exchanges.begin(
+            fast.table, match, route.target, peer, method="GET", raw_path=raw_path, http_version="HTTP/1.1", headers=headers
         )
         upstream_headers = upstream_request_headers(headers, route.target, peer, match.prefix, flow)
-        flow.upstream_url = f"http://{upstream_host(route.target)}{match.upstream_path}"
         flow.upstream_headers = upstream_headers
         exchange = Exchange(flow, match, route, peer, head, keep_alive=keep_alive)
         self._exchange = exchange
-        fast.table.touch(match.session_id)
         watch = fast.app.get(IDLE)
         if watch is not None:
             watch.in_flight += 1
@@ -702,9 +684,7 @@ class FrontProtocol(asyncio.Protocol):
             exchange.connecting.cancel()
         fast = self._fast
         flow = exchange.flow
-        flow.finish()
-        fast.table.touch(flow.session_id)
-        fast.proxy_log.flow_done(flow)
+        exchanges.end(fast.table, fast.proxy_log, flow)
         fast.tally.done(flow, status or flow.status or 502)
         fast.proxied += 1
         self._idle_again()

@@ -25,7 +25,7 @@ from yarl import URL
 from edge import keys
 from edge.errors import error_response
 from edge.flow import ProxyFlow, UpstreamError
-from edge.headers import Peer, upstream_host, upstream_request_headers
+from edge.headers import Peer, upstream_request_headers
 from edge.routing import Match, Route, SessionTable
 
 # The largest message a browser may send: what Vite's own server (the `ws`
@@ -276,8 +276,7 @@ async def _connect_upstream(
     """The upstream socket (offered all the browser's subprotocols), or the browser's error answer."""
     assert route.target is not None
     headers = upstream_request_headers(request.headers, route.target, peer, found.prefix, flow, websocket=True)
-    url = URL(f"http://{upstream_host(route.target)}{found.upstream_path}", encoded=True)
-    flow.upstream_url = str(url)
+    url = URL(flow.upstream_url, encoded=True)  # set by edge.exchange.begin
     flow.upstream_headers = headers
     try:
         async with asyncio.timeout(request.app[keys.SETTINGS].first_byte_timeout):

@@ -50,6 +50,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from edge import reserved
 from edge.errors import error_page, raw_error
 from edge.headers import client_address, is_trusted
 
@@ -138,8 +139,10 @@ class Admission(Enum):
 
 # Connections past the cap kept for health checks (each lives one health check at most).
 HEALTH_RESERVE = 4
-# Health checks, the only requests answered on a reserve connection.
-HEALTH_REQUESTS = (b"GET /health ", b"GET /health?", b"GET /api/health ", b"GET /api/health?")
+# Health checks (edge.reserved's any-host paths), the only requests answered on a reserve connection.
+HEALTH_REQUESTS = tuple(
+    f"{method} {path}{end}".encode() for method in ("GET", "HEAD") for path in sorted(reserved.paths(any_host=True)) for end in " ?"
+)
 
 
 class ConnectionGuard:

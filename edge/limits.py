@@ -109,7 +109,6 @@ class RateLimitedLog:
         self._log.warning(message, *args)
 
 
-
 class GuardedConnection(Protocol):
     """What the guard needs of a connection (:class:`EdgeProtocol` and :class:`edge.fastpath.FrontProtocol`)."""
 
@@ -127,7 +126,7 @@ class Slot:
     """What the guard knows of one connection."""
 
     client: str  # the client's address (after trusted-proxy resolution, once a head said)
-    last_read: float  # when the client last sent a byte (loop time)
+    last_read: float  # when the client last sent a byte (time.monotonic)
     reserve: bool = False  # admitted past the cap: only a health check is answered on it
 
 

@@ -50,7 +50,8 @@ from edge.errors import raw_error, response_head
 from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, client_address, client_response_headers, make_peer, upstream_request_headers
 from edge.idle import IDLE
-from edge.limits import HEAD_LIMITS, Admission, ConnectionGuard, peer_address
+from edge.connguard import Admission, ConnectionGuard, peer_address
+from edge.limits import HEAD_LIMITS
 from edge.routing import Match, Route, RouteState
 
 log = logging.getLogger("edge.fastpath")
@@ -432,7 +433,7 @@ class FrontProtocol(asyncio.Protocol):
         return self._exchange is not None
 
     def waiting_for_head(self) -> bool:
-        """Idle: open, with no request being answered (:class:`edge.limits.ConnectionGuard` closes these first)."""
+        """Idle: open, with no request being answered (:class:`edge.connguard.ConnectionGuard` closes these first)."""
         return self.transport is not None and self._exchange is None
 
     def receiving(self) -> bool:

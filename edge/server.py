@@ -36,7 +36,8 @@ from edge.app import create_app
 from edge.auth import exposure_problem, is_loopback
 from edge.fastpath import FAST_PATH
 from edge.workers import WORKERS
-from edge.limits import ConnectionGuard, EdgeSite
+from edge.connguard import ConnectionGuard
+from edge.limits import EdgeSite
 from edge.proxylog import ProxyLog
 from edge.settings import Settings, SettingsError
 from edge.stopping import STOPPING

@@ -27,7 +27,7 @@ from edge import keys, workers
 from edge.fastpath import FastPath, FrontProtocol, Tally
 from edge.hostpolicy import HostPolicy
 from edge.idle import IDLE, IdleWatch
-from edge.limits import ConnectionGuard
+from edge.connguard import ConnectionGuard
 from edge.proxylog import JsonLines, ProxyLog
 from edge.routing import Route, SessionTable
 from edge.settings import Settings

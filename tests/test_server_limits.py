@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edge.limits import HEALTH_RESERVE
+from edge.connguard import HEALTH_RESERVE
 from edge.server import start_edge
 from tests.conftest import free_port
 from tests.fixtures_rawhttp import add_route, closed_by_peer, open_raw, read_response, request

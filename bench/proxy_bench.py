@@ -3,7 +3,7 @@
 Measures, for one small static file (the size of a small stylesheet):
 
 * requests per second and p50/p99 latency straight to the upstream (a Node
-  ``http`` server), through the edge (``python -m edge serve``, route added
+  ``http`` server, or with ``--upstream nginx`` Debian's nginx), through the edge (``python -m edge serve``, route added
   with its API; one process, and with ``EDGE_WORKERS=2`` a second process
   on the port) and through configurable-http-proxy (``--change-origin``,
   route added with its API);
@@ -68,6 +68,31 @@ const server = http.createServer((req, res) => {
 });
 server.keepAliveTimeout = 65000;
 server.listen(Number(process.argv[2]), '127.0.0.1');
+"""
+NGINX = Path("/usr/sbin/nginx")
+# nginx (Debian) as the upstream: one process (master_process off) so its CPU is one pid's.
+NGINX_CONF = """
+daemon off;
+master_process off;
+user root;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/nginx-tmp;
+  proxy_temp_path {dir}/nginx-tmp;
+  fastcgi_temp_path {dir}/nginx-tmp;
+  uwsgi_temp_path {dir}/nginx-tmp;
+  scgi_temp_path {dir}/nginx-tmp;
+  keepalive_requests 1000000;
+  keepalive_timeout 65s;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ root {dir}; default_type text/css; add_header Cache-Control no-cache; }}
+  }}
+}}
 """
 
 
@@ -208,10 +233,12 @@ async def ws_echo(port: int) -> None:
     await asyncio.Event().wait()
 
 
-def check_tools() -> None:
+def check_tools(upstream: str) -> None:
     missing = [tool for tool in ("wrk", "node") if shutil.which(tool) is None]
     if not CHP.exists():
         missing.append(str(CHP))
+    if upstream == "nginx" and not NGINX.exists():
+        missing.append(str(NGINX))
     if missing:
         sys.exit(f"missing {', '.join(missing)}: run `bash scripts/setup.sh` first")
 
@@ -252,12 +279,27 @@ def start_chp(procs: Processes) -> tuple[str, str, int]:
     return f"http://127.0.0.1:{port}", api, pid
 
 
-def start_servers(procs: Processes, workdir: Path, uvloop: bool) -> tuple[list[Target], list[Target]]:
-    """Start upstreams and proxies, add the routes, check each path; return HTTP and WebSocket targets."""
+def start_static(procs: Processes, workdir: Path, upstream: str) -> tuple[int, int]:
+    """The static upstream (Node's http, or nginx); returns its port and pid."""
     static_file = workdir / "style.css"
     static_file.write_bytes(PAYLOAD)
-    static_port, ws_port = free_port(), free_port()
-    static_pid = procs.start("static", ["node", "-e", NODE_STATIC, str(static_file), str(static_port)])
+    port = free_port()
+    if upstream == "node":
+        return port, procs.start("static", ["node", "-e", NODE_STATIC, str(static_file), str(port)])
+    # configurable-http-proxy keeps the route's prefix in the path (the edge strips it): serve both.
+    prefixed = workdir / "session" / STATIC_SESSION / "style.css"
+    prefixed.parent.mkdir(parents=True)
+    prefixed.write_bytes(PAYLOAD)
+    (workdir / "nginx-tmp").mkdir()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
+    return port, procs.start("static", [str(NGINX), "-p", str(workdir), "-c", str(conf)])
+
+
+def start_servers(procs: Processes, workdir: Path, uvloop: bool, upstream: str) -> tuple[list[Target], list[Target]]:
+    """Start upstreams and proxies, add the routes, check each path; return HTTP and WebSocket targets."""
+    static_port, static_pid = start_static(procs, workdir, upstream)
+    ws_port = free_port()
     echo_pid = procs.start("ws-echo", [sys.executable, __file__, "ws-echo", str(ws_port)])
     static, echo = f"http://127.0.0.1:{static_port}", f"http://127.0.0.1:{ws_port}"
     if wait_http(static + "/style.css") != PAYLOAD:
@@ -289,7 +331,7 @@ def start_servers(procs: Processes, workdir: Path, uvloop: bool) -> tuple[list[T
 
 def print_report(http: list[HttpResult], ws: list[WsResult], args: argparse.Namespace, load: tuple[float, float]) -> None:
     print(f"\n{os.cpu_count()} cores; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after the run")
-    print(f"\nHTTP: GET of a {len(PAYLOAD)}-byte file, wrk -t1 -c{args.connections} -d{args.seconds}s, best of {args.repeat}")
+    print(f"\nHTTP: GET of a {len(PAYLOAD)}-byte file from {args.upstream}, wrk -t1 -c{args.connections} -d{args.seconds}s, best of {args.repeat}")
     print(f"{'path':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'requests':>10}{'errors':>8}{'CPU µs/req':>12}")
     for r in http:
         print(f"{r.name:<26}{r.rps:>9.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.requests:>10}{r.errors:>8}{r.cpu_us:>12.0f}")
@@ -316,14 +358,14 @@ def print_report(http: list[HttpResult], ws: list[WsResult], args: argparse.Name
 
 
 def benchmark(args: argparse.Namespace) -> int:
-    check_tools()
+    check_tools(args.upstream)
     signal.signal(signal.SIGALRM, lambda *_: sys.exit(f"benchmark watchdog: stopped after {WATCHDOG_SECONDS} s"))
     signal.alarm(WATCHDOG_SECONDS)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp, ExitStack() as stack:
         procs = Processes(Path(tmp))
         stack.callback(procs.stop_all)
-        http_targets, ws_targets = start_servers(procs, Path(tmp), args.uvloop)
+        http_targets, ws_targets = start_servers(procs, Path(tmp), args.uvloop, args.upstream)
         cookie = {"Cookie": f"edge_session={STATIC_SESSION}"}  # what a browser sends after the first page
         for target in http_targets:
             run_wrk(target, connections=args.connections, seconds=1, headers=cookie)  # warm-up
@@ -346,6 +388,7 @@ def main() -> int:
     parser.add_argument("--ws-connections", type=int, default=8)
     parser.add_argument("--ws-messages", type=int, default=2000, help="round trips per WebSocket")
     parser.add_argument("--uvloop", action="store_true", help="also measure the edge on uvloop (must be importable)")
+    parser.add_argument("--upstream", choices=("node", "nginx"), default="node", help="the static upstream (nginx: Debian's)")
     commands = parser.add_subparsers(dest="command")
     echo = commands.add_parser("ws-echo", help=argparse.SUPPRESS)
     echo.add_argument("port", type=int)

@@ -20,42 +20,31 @@ from control.workspaces import WORKSPACES
 from edge import apilog, auth, fastpath, health, idle, keys, metrics, operator, proxy, routes_api, stopping, workers
 from edge.errors import error_response
 from edge.framing import reject_ambiguous_framing
-from edge.hostpolicy import HostPolicy, split_host
+from edge.classify import DECISION, Refusal, classify
+from edge.hostpolicy import HostPolicy
 from edge.proxylog import JsonLines, ProxyLog
-from edge.routing import Route, SessionTable
+from edge.routing import Match, MatchKind, Route, SessionTable
 from edge.settings import Settings
-from edge.websocket import SOCKETS, SocketRegistry
+from edge.websocket import SOCKETS, SocketRegistry, is_upgrade
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
 async def host_policy(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse unknown hosts and absolute-form targets before anything else runs.
+    """Decide the request once (:func:`edge.classify.classify`): refusals answered here, before anything else runs.
 
     The edge rewrites ``Host`` for the upstream, so Vite's DNS-rebinding check
-    no longer protects the dev server: this is that check, at the edge.
+    no longer protects the dev server: this is that check, at the edge. A
+    session host's every path is the preview's; other decisions are read by
+    the handler (:func:`edge.proxy.handle` for the catch-all).
     """
-    if not request.raw_path.startswith("/"):
-        return error_response(request, 400, "Absolute-form and authority-form request targets are not accepted.")
-    # Load balancers check health with the task's private IP as Host; these answers reveal nothing.
-    if request.path in health.HEALTH_PATHS and request.method in ("GET", "HEAD"):
-        return await handler(request)
-    hosts = request.headers.getall("Host", [])
-    host = split_host(hosts[0]) if len(hosts) == 1 else None
-    if host is None:
-        return error_response(request, 400, "The request needs exactly one valid Host header.")
-    policy = request.app[keys.HOSTS]
-    session_id = policy.session_for_host(host)
-    if session_id is not None:
-        return await proxy.handle_host(request, session_id)
-    if not policy.allows(host):
-        return error_response(
-            request,
-            421,
-            f"This edge does not serve the host {host!r}.",
-            "Add it to EDGE_PUBLIC_HOSTS if it is one of yours.",
-        )
+    upgrade = is_upgrade(request)
+    decision = request[DECISION] = classify(request.raw_path, request.method, request.headers, request.app[keys.HOSTS], upgrade=upgrade)
+    if isinstance(decision, Refusal):
+        return error_response(request, decision.status, decision.error, decision.hint)
+    if isinstance(decision, Match) and decision.kind is MatchKind.HOST:
+        return await proxy.proxy_session(request, decision, upgrade)
     return await handler(request)
 
 

@@ -41,14 +41,13 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from yarl import URL
 
-from edge import keys
+from edge import keys, reserved
 from edge.errors import error_response, wants_html
 from edge.hostpolicy import split_host
 from edge.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = frozenset({"/api/health"})
 LOOPBACK_NAMES = frozenset({"localhost"})
 OPERATOR_LOGIN = "/_edge/login"
 OPERATOR_COOKIE = "edge_operator"
@@ -65,11 +64,7 @@ def is_operator_path(path: str) -> bool:
 
 def is_protected(path: str) -> bool:
     """True for the edge's API, metrics and operator paths (``/api/health`` stays open for load balancers)."""
-    if path == "/metrics":
-        return True
-    if is_operator_path(path):
-        return path != OPERATOR_LOGIN
-    return is_api_path(path) and path not in OPEN_PATHS
+    return reserved.protected(path)
 
 
 def _operator_mac(token: str, expires: int) -> str:

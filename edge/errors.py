@@ -8,6 +8,7 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 def accepts_html(accept: str) -> bool:
@@ -72,3 +73,23 @@ def reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+def response_head(status: int, phrase: str, headers: CIMultiDict[str] | dict[str, str]) -> bytes:
+    """An HTTP/1.1 status line and headers, for answers written below aiohttp."""
+    lines = [f"HTTP/1.1 {status} {phrase or reason(status)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def raw_error(accept: str, status: int, error: str, hint: str = "", *, close: bool = False) -> tuple[CIMultiDict[str], bytes]:
+    """A whole error answer written below aiohttp, in the shape of :func:`error_response`: its headers, and its bytes."""
+    page = error_page(accept, status, error, hint)
+    body = page.text.encode()
+    headers: CIMultiDict[str] = CIMultiDict(page.headers)
+    headers["Content-Type"] = f"{page.content_type}; charset=utf-8"
+    headers["Content-Length"] = str(len(body))
+    if close:
+        headers["Connection"] = "close"
+    return headers, response_head(status, reason(status), headers) + body

@@ -5,10 +5,15 @@ Astro page load is 30-100 of them). Through aiohttp's server and client a
 proxied request costs about 600 µs of CPU on the project's machine; here
 the same request is proxied at the transport level (llhttp, through
 httptools, parses both heads; bodies pass as they arrive) for a fraction of
-that. What a client, the upstream and the logs see stays the same: the
-header rules of :mod:`edge.headers`, the flow record, proxy log, flow file,
-metrics and activity tracking of :mod:`edge.proxy`, and the server limits of
-:mod:`edge.limits` (request-head deadline, keep-alive timer, connection cap).
+that. What a client, the upstream and the logs see stays the same, because
+the decisions are shared, not copied: the routing decision of
+:mod:`edge.classify`, the Vite guard's test of :mod:`edge.viteguard`, the
+header rules of :mod:`edge.headers`, the exchange lifecycle of
+:mod:`edge.exchange` (flow record, proxy log, flow file), typed upstream error
+kinds for the metrics, and the server limits of :mod:`edge.limits` (head
+limits and deadline, keep-alive timer, connection guard). What is left here
+is what makes it fast: parsing with llhttp, one write per upstream read, a
+kept-alive upstream connection per client connection, batched metrics.
 
 Every client connection starts here. A request the fast path does not take
 (another method, a body, an upgrade, HTTP/1.0, one of the edge's own routes,
@@ -38,21 +43,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from edge import keys, metrics
-from edge.errors import error_page, reason
-from edge.flow import ProxyFlow
-from edge.headers import Peer, client_response_headers, make_peer, upstream_host, upstream_request_headers
-from edge.health import HEALTH_PATHS
-from edge.hostpolicy import split_host
+from edge import exchange as exchanges
+from edge import keys, metrics, viteguard
+from edge.classify import classify
+from edge.errors import raw_error, response_head
+from edge.flow import ProxyFlow, UpstreamError
+from edge.headers import Peer, client_address, client_response_headers, make_peer, upstream_request_headers
 from edge.idle import IDLE
-from edge.limits import ConnectionGuard
-from edge.proxy import session_for_path
-from edge.routing import Match, MatchKind, Route, RouteState
+from edge.connguard import Admission, ConnectionGuard, peer_address
+from edge.limits import HEAD_LIMITS
+from edge.routing import Match, Route, RouteState
 
 log = logging.getLogger("edge.fastpath")
 
-# A head longer than this goes to aiohttp, which applies its own limits (8190 bytes a line).
-MAX_HEAD = 16 * 1024
 # Bytes read ahead of the request being answered before reading pauses.
 READ_AHEAD = 256 * 1024
 # Request headers that take a request off the fast path (bodies, upgrades, 100-continue).
@@ -88,10 +91,8 @@ class Tally:
 
     def done(self, flow: ProxyFlow, status: int) -> None:
         self.statuses[status] += 1
-        if flow.error:
-            kind = metrics.upstream_error_kind(flow.error)
-            if kind is not None:
-                self.errors[kind] += 1
+        if flow.error_kind is not None:
+            self.errors[flow.error_kind.value] += 1
 
     def as_json(self) -> dict:
         """For a worker's report (:mod:`edge.worker`)."""
@@ -141,25 +142,11 @@ class FastPath:
 
     def route(self, raw_path: str, headers: CIMultiDict[str]) -> tuple[Match, Route] | None:
         """The session and ready route of a plain GET, or None when aiohttp's path must decide."""
-        if not raw_path.startswith("/"):
-            return None
         for name in NOT_FAST:
             if name in headers:
                 return None
-        hosts = headers.getall("Host", ())
-        host = split_host(hosts[0]) if len(hosts) == 1 else None
-        if host is None:
-            return None
-        session_id = self.hosts.session_for_host(host)
-        if session_id is not None:
-            if raw_path.partition("?")[0] in HEALTH_PATHS:
-                return None
-            found: object = Match(session_id, MatchKind.HOST, raw_path, "")
-        elif self.hosts.allows(host):
-            found = session_for_path(raw_path, headers, upgrade=False)
-        else:
-            return None
-        if not isinstance(found, Match):
+        found = classify(raw_path, "GET", headers, self.hosts, upgrade=False)
+        if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path):
             return None
         route = self.table.get(found.session_id)
         if route is None or route.state is not RouteState.READY or route.target is None:
@@ -218,7 +205,7 @@ FAST_PATH = web.AppKey("fast_path", FastPath)
 class _RequestHead:
     """httptools' callbacks for one request head."""
 
-    __slots__ = ("parser", "url", "headers", "complete", "keep_alive")
+    __slots__ = ("parser", "url", "headers", "complete", "keep_alive", "over_limit")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -229,11 +216,16 @@ class _RequestHead:
         self.headers: list[tuple[str, str]] = []
         self.complete = False
         self.keep_alive = True
+        self.over_limit = False  # past one of aiohttp's head limits: aiohttp's path answers it (400)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > HEAD_LIMITS.max_line_size:
+            self.over_limit = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > HEAD_LIMITS.max_field_size or len(self.headers) >= HEAD_LIMITS.max_headers:
+            self.over_limit = True
         self.headers.append((_text(name), _text(value)))
 
     def on_headers_complete(self) -> None:
@@ -278,6 +270,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.informational = False
         self.complete = False
         self.keep_alive = True
+        # Bytes after the complete answer (a second response nobody asked for): never
+        # passed on, and the connection is not reused, as nginx does.
+        self.surplus = False
 
     def usable_for(self, target: URL) -> bool:
         return self.transport is not None and not self.transport.is_closing() and self.idle and self.target == target
@@ -296,27 +291,41 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:  # nothing was asked: these bytes answer no request
+            self.surplus = True
+            self.close()
+            return
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if isinstance(exc, httptools.HttpParserCallbackError):
                 log.exception("fast path: handling an upstream response failed")
-            self.front.upstream_failed(self, f"stream broke mid-body: invalid response ({type(exc).__name__})")
-            return
+            if not self.complete:
+                self.front.upstream_failed(self, f"stream broke mid-body: invalid response ({type(exc).__name__})")
+                return
+            self.surplus = True  # garbage after a complete answer
         self.front.upstream_progress(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         self.front.upstream_lost(self)
 
-    # httptools callbacks
+    # httptools callbacks (each ignores what follows a complete answer)
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.surplus = True
+
     def on_status(self, status: bytes) -> None:
-        self.reason += status
+        if not self.complete:
+            self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((_text(name), _text(value)))
+        if not self.complete:
+            self.headers.append((_text(name), _text(value)))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         status = self.parser.get_status_code()
         if status < 200:  # 1xx (103 Early Hints): not passed on, as aiohttp's client drops it too
             self.informational = True
@@ -326,9 +335,12 @@ class UpstreamProtocol(asyncio.Protocol):
         self.front.response_head(self)
 
     def on_body(self, body: bytes) -> None:
-        self.front.response_body(self, body)
+        if not self.complete:
+            self.front.response_body(self, body)
 
     def on_message_complete(self) -> None:
+        if self.complete:
+            return
         if self.informational:
             self.reset()
             return
@@ -360,17 +372,19 @@ class FrontProtocol(asyncio.Protocol):
         self._deadline: float | None = None  # for the request head, or the keep-alive limit when idle
         self._reading_paused = False
         self._closing = False
+        self._reserve = False
 
     # -- the connection ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._guard.admit(self):
+        self._remote = peer_address(transport)
+        admission = self._guard.admit(self, self._remote)
+        if admission is Admission.REFUSED:
             transport.close()
             return
         self._admitted = True
+        self._reserve = admission is Admission.RESERVE  # health checks only: aiohttp's path decides
         self.transport = transport  # type: ignore[assignment]
-        peername = transport.get_extra_info("peername")
-        self._remote = peername[0] if isinstance(peername, (list, tuple)) and peername else ""
         self._fast.connections.add(self)
         self._arm(self._fast.settings.header_timeout)
 
@@ -390,6 +404,7 @@ class FrontProtocol(asyncio.Protocol):
             self._drop_upstream()
 
     def data_received(self, data: bytes) -> None:
+        self._guard.read(self)
         if self._exchange is None and not self._buffer:
             self._arm(self._fast.settings.header_timeout)  # a new request begins
         self._buffer += data
@@ -418,8 +433,15 @@ class FrontProtocol(asyncio.Protocol):
         return self._exchange is not None
 
     def waiting_for_head(self) -> bool:
-        """Idle: open, with no request being answered (:class:`edge.limits.ConnectionGuard` closes these first)."""
+        """Idle: open, with no request being answered (:class:`edge.connguard.ConnectionGuard` closes these first)."""
         return self.transport is not None and self._exchange is None
+
+    def receiving(self) -> bool:
+        """Waiting on the client (the fast path's requests have no body)."""
+        return self.waiting_for_head()
+
+    def body_stalled(self) -> bool:
+        return False
 
     def force_close(self) -> None:
         if self.transport is not None:
@@ -455,12 +477,12 @@ class FrontProtocol(asyncio.Protocol):
         if self._closing or self._fast.stopping:
             self.force_close()
             return
-        if not b"GET "[: len(self._buffer)] == self._buffer[:4]:
+        if self._reserve or not b"GET "[: len(self._buffer)] == self._buffer[:4]:
             self._hand_over()  # another method (or garbage): aiohttp's from the first bytes
             return
         end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD or b"\n\n" in self._buffer:
+        if end < 0 or end + 4 > HEAD_LIMITS.max_head:
+            if len(self._buffer) > HEAD_LIMITS.max_head or b"\n\n" in self._buffer:
                 self._hand_over()  # too long, or bare LF line ends: aiohttp's limits and parser decide
             return
         head = bytes(self._buffer[: end + 4])
@@ -469,6 +491,11 @@ class FrontProtocol(asyncio.Protocol):
             self._hand_over()
             return
         raw_path, headers = _text(parsed.url), CIMultiDict(parsed.headers)
+        if self._guard.per_client and "X-Forwarded-For" in headers:
+            trusted = self._guard.trusted
+            if not self._guard.attribute(self, client_address(self._remote, headers.getall("X-Forwarded-For"), trusted)):
+                self._hand_over()  # aiohttp's path answers 429 in the edge's shape
+                return
         taken = self._fast.route(raw_path, headers)
         if taken is None:
             self._hand_over()
@@ -485,7 +512,9 @@ class FrontProtocol(asyncio.Protocol):
             parsed.parser.feed_data(head)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             return None  # aiohttp's parser answers it (400, or a WebSocket)
-        if not parsed.complete or parsed.parser.get_method() != b"GET" or parsed.parser.get_http_version() != "1.1":
+        if parsed.over_limit or not parsed.complete:
+            return None
+        if parsed.parser.get_method() != b"GET" or parsed.parser.get_http_version() != "1.1":
             return None
         return parsed
 
@@ -495,21 +524,13 @@ class FrontProtocol(asyncio.Protocol):
         fast = self._fast
         assert route.target is not None
         peer = make_peer(self._remote, headers, "http", fast.settings.trusted_proxies)
-        flow = ProxyFlow(
-            session_id=match.session_id,
-            match=match.kind.value,
-            method="GET",
-            raw_path=raw_path,
-            http_version="HTTP/1.1",
-            client_addr=peer.address,
-            client_headers=headers,
+        flow = exchanges.begin(
+            fast.table, match, route.target, peer, method="GET", raw_path=raw_path, http_version="HTTP/1.1", headers=headers
         )
         upstream_headers = upstream_request_headers(headers, route.target, peer, match.prefix, flow)
-        flow.upstream_url = f"http://{upstream_host(route.target)}{match.upstream_path}"
         flow.upstream_headers = upstream_headers
         exchange = Exchange(flow, match, route, peer, head, keep_alive=keep_alive)
         self._exchange = exchange
-        fast.table.touch(match.session_id)
         watch = fast.app.get(IDLE)
         if watch is not None:
             watch.in_flight += 1
@@ -573,7 +594,7 @@ class FrontProtocol(asyncio.Protocol):
             out["Connection"] = "close"
         flow.response_headers = out
         exchange.head_sent = True
-        self._out.append(_response_head(upstream.status, flow.reason, out))
+        self._out.append(response_head(upstream.status, flow.reason, out))
 
     def response_body(self, upstream: UpstreamProtocol, body: bytes) -> None:
         exchange = self._exchange
@@ -597,7 +618,7 @@ class FrontProtocol(asyncio.Protocol):
         self._flush()
         if upstream.complete:
             upstream.idle = True
-            if not upstream.keep_alive:
+            if not upstream.keep_alive or upstream.surplus:
                 self._drop_upstream()
             self._finish(exchange)
 
@@ -627,7 +648,7 @@ class FrontProtocol(asyncio.Protocol):
         if not exchange.head_sent:
             self._replay(exchange)
             return
-        exchange.flow.error = error
+        exchange.flow.fail(UpstreamError.RESET, error)
         self._flush()
         self._closing = True
         self.force_close()
@@ -638,22 +659,17 @@ class FrontProtocol(asyncio.Protocol):
         if self._exchange is not exchange or exchange.head_sent:
             return
         self._drop_upstream()
-        exchange.flow.error = "upstream timeout"
+        exchange.flow.fail(UpstreamError.TIMEOUT, "upstream timeout")
         self._answer_error(exchange, 504, "The preview did not answer in time.", "Try again; if it persists, restart the preview.")
         self._finish(exchange)
 
     def _answer_error(self, exchange: Exchange, status: int, error: str, hint: str) -> None:
-        page = error_page(exchange.flow.client_headers.get("Accept", ""), status, error, hint)
-        body = page.text.encode()
-        headers = CIMultiDict(page.headers)
-        headers["Content-Type"] = f"{page.content_type}; charset=utf-8"
-        headers["Content-Length"] = str(len(body))
-        if self._closes_after(exchange):
-            headers["Connection"] = "close"
+        accept = exchange.flow.client_headers.get("Accept", "")
+        headers, answer = raw_error(accept, status, error, hint, close=self._closes_after(exchange))
         exchange.flow.status = status
         exchange.flow.response_headers = headers
         exchange.head_sent = True
-        self._out.append(_response_head(status, reason(status), headers) + body)
+        self._out.append(answer)
         self._flush()
 
     def _flush(self) -> None:
@@ -669,9 +685,7 @@ class FrontProtocol(asyncio.Protocol):
             exchange.connecting.cancel()
         fast = self._fast
         flow = exchange.flow
-        flow.finish()
-        fast.table.touch(flow.session_id)
-        fast.proxy_log.flow_done(flow)
+        exchanges.end(fast.table, fast.proxy_log, flow)
         fast.tally.done(flow, status or flow.status or 502)
         fast.proxied += 1
         self._idle_again()
@@ -731,13 +745,6 @@ class FrontProtocol(asyncio.Protocol):
         if self._reading_paused:
             transport.resume_reading()
         self._pass_on(transport, data)
-
-
-def _response_head(status: int, phrase: str, headers: CIMultiDict[str]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {phrase or reason(status)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 def setup(app: web.Application) -> FastPath:

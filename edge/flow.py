@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -30,6 +31,15 @@ class HeaderChange:
     name: str
     old: str | None = None
     new: str | None = None
+
+
+class UpstreamError(str, Enum):
+    """How an upstream failed, set where it happens (``edge_upstream_errors_total{kind}``)."""
+
+    CONNECT = "connect"  # could not connect
+    TIMEOUT = "timeout"  # no response head (or WebSocket handshake) in EDGE_FIRST_BYTE_TIMEOUT
+    RESET = "reset"  # the connection broke: before the head, mid-body, or a WebSocket without a close frame
+    HANDSHAKE = "handshake"  # refused a WebSocket
 
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
@@ -72,10 +82,18 @@ class ProxyFlow:
     messages_out: int = 0
     close_code: int | None = None
     error: str | None = None
+    error_kind: UpstreamError | None = None  # None: no error, or not the upstream's (the browser left)
     ended: float | None = None
 
     def change(self, direction: str, action: str, name: str, old: str | None = None, new: str | None = None) -> None:
         self.changes.append(HeaderChange(direction, action, name, redact_header(name, old), redact_header(name, new)))
+
+    def fail(self, kind: UpstreamError | None, error: str, status: int | None = None) -> None:
+        """Record a failure: what happened for the log, its kind for metrics, and the status answered."""
+        self.error = error
+        self.error_kind = kind
+        if status is not None:
+            self.status = status
 
     def finish(self, error: str | None = None) -> None:
         if error and not self.error:

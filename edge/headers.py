@@ -65,7 +65,7 @@ def make_peer(
 ) -> Peer:
     """Who is asking, and by which public origin; ``X-Forwarded-*`` believed only from trusted proxies."""
     address = remote or ""
-    trusted = bool(trusted_networks) and _is_trusted(address, trusted_networks)
+    trusted = bool(trusted_networks) and is_trusted(address, trusted_networks)
     host = headers.get("Host", "")
     scheme = request_scheme
     port = ""
@@ -83,7 +83,7 @@ def make_peer(
 _TRUST_CACHE: dict[tuple[str, int], tuple[object, bool]] = {}
 
 
-def _is_trusted(address: str, trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+def is_trusted(address: str, trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     """Whether ``address`` is in a trusted network.
 
     Cached per address and networks tuple (clients reuse their address); keyed by
@@ -103,6 +103,25 @@ def _is_trusted(address: str, trusted_networks: tuple[ipaddress.IPv4Network | ip
         _TRUST_CACHE.clear()
     _TRUST_CACHE[key] = (trusted_networks, trusted)
     return trusted
+
+
+def client_address(
+    remote: str,
+    forwarded_for: list[str] | tuple[str, ...],
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> str:
+    """The client's address: the nearest ``X-Forwarded-For`` entry not a trusted proxy, when ``remote`` is one."""
+    address = remote
+    if not forwarded_for or not trusted_networks or not is_trusted(remote, trusted_networks):
+        return address
+    for entry in reversed(",".join(forwarded_for).split(",")):
+        entry = entry.strip()
+        if not entry:
+            continue
+        address = entry
+        if not is_trusted(entry, trusted_networks):
+            break
+    return address
 
 
 def _first(value: str | None) -> str:
@@ -188,6 +207,8 @@ def client_response_headers(
 ) -> CIMultiDict[str]:
     """The headers sent to the client: hop-by-hop removed, ``Location`` made public, the session named.
 
+    An upstream's ``Set-Cookie`` for the edge's own cookie is removed.
+
     A prefix-routed answer also sets the edge's cookie (unless the client has it
     already), so that root-absolute requests from this page (``/@vite/client``,
     ``/src/...``) find the session; redirects land under the prefix unless the
@@ -204,6 +225,10 @@ def client_response_headers(
         if lower in drop:
             flow.change("response", "removed", name, value)
             continue
+        if lower == "set-cookie" and _cookie_name(value) == SESSION_COOKIE:
+            # Only the edge sets its routing cookie: a preview must not move a browser to another session.
+            flow.change("response", "removed", name, value)
+            continue
         if lower == "location":
             public = public_location(value, target, location_prefix, f"{peer.scheme}://{peer.host}")
             if public != value:
@@ -218,6 +243,11 @@ def client_response_headers(
         out.add("Set-Cookie", f"{SESSION_COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Lax{secure}")
         flow.change("response", "added", "Set-Cookie", None, f"{SESSION_COOKIE}=…")
     return out
+
+
+def _cookie_name(set_cookie: str) -> str:
+    """The name a ``Set-Cookie`` value sets (browsers trim whitespace around it)."""
+    return set_cookie.partition(";")[0].partition("=")[0].strip()
 
 
 def public_location(location: str, target: URL, public_prefix: str, public_origin: str) -> str:

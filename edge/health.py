@@ -6,12 +6,12 @@ import time
 
 from aiohttp import web
 
-from edge import __version__, keys
+from edge import __version__, keys, reserved
 from edge.routing import RouteState
 from edge.websocket import SOCKETS
 
-# The probe paths: answered for any Host, not counted as activity, their own metrics route class.
-HEALTH_PATHS = frozenset({"/health", "/api/health"})
+# The probe paths (from edge.reserved): answered for any Host, not counted as activity.
+HEALTH_PATHS = reserved.paths(any_host=True)
 # Fields other parts add to /health (the preview supervisor: previews by state): name → callable.
 HEALTH_FIELDS = web.AppKey("health_fields", dict)
 

@@ -19,12 +19,12 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from edge import keys
-from edge.health import HEALTH_PATHS
+from edge import reserved
 
 log = logging.getLogger("edge.idle")
 
 # Probes and scrapes must not keep an unused edge alive.
-NOT_ACTIVITY = HEALTH_PATHS | {"/metrics"}
+NOT_ACTIVITY = reserved.paths(activity=False)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BusyCheck = Callable[[], bool]

@@ -26,7 +26,7 @@ def json_error(status: int, error: str, **extra: object) -> web.HTTPException:
 
 
 async def read_json_object(request: web.Request, limit: int = MAX_JSON_BODY) -> dict:
-    """The request's JSON object; 413 when too large, 400 when not a JSON object."""
+    """The request's JSON object; 413 when too large, 400 when not a JSON object (or nested too deeply)."""
     if request.content_length is not None and request.content_length > limit:
         raise json_error(413, f"request body larger than {limit} bytes")
     data = bytearray()
@@ -38,8 +38,10 @@ async def read_json_object(request: web.Request, limit: int = MAX_JSON_BODY) -> 
         return {}
     try:
         body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # also numbers past Python's digit limit
         raise json_error(400, "request body is not valid JSON") from None
+    except RecursionError:  # nesting deeper than the interpreter's stack: not a request anyone means
+        raise json_error(400, "request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise json_error(400, "request body must be a JSON object")
     return body

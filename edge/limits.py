@@ -4,27 +4,31 @@ aiohttp's server waits for a request head as long as the keep-alive timer
 allows (an hour by default) and accepts connections without limit, so a few
 hundred idle or trickling sockets ("slowloris") would hold the edge's file
 descriptors and memory. :class:`EdgeProtocol` is aiohttp's own HTTP/1.1
-protocol with two additions, and :class:`EdgeSite` listens with it:
+protocol with these additions, and :class:`EdgeSite` listens with it:
 
 * a request-head deadline (``EDGE_HEADER_TIMEOUT``): a connection that sends
   nothing, or whose request head is not complete in time, is closed. The
   clock starts when the connection opens and, on a kept-alive connection,
   when the first byte of the next request arrives. Bodies, streamed
-  responses and WebSockets are not timed: a long upload or an HMR socket is
+  responses and WebSockets are not timed by it: a long upload or an HMR socket is
   legitimate.
-* a cap on open client connections (``EDGE_MAX_CONNECTIONS``), so idle
-  clients cannot exhaust file descriptors and memory. At the cap a new
-  connection replaces the longest-open one that is idle (waiting for a
-  request head), as nginx reuses idle keep-alive connections, so a flood of
-  idle sockets cannot lock real clients out either; when every connection is
-  busy, the new one is closed at once, before any byte is read.
+* a cap on open client connections (``EDGE_MAX_CONNECTIONS``) and on those
+  of one client (``EDGE_MAX_CONNECTIONS_PER_CLIENT``), so idle or trickling
+  clients cannot exhaust file descriptors and memory, nor lock others out:
+  at the cap the connection that least looks like a working client makes
+  room, and health checks have a reserve (:class:`edge.connguard.ConnectionGuard`).
+* a deadline between request-body bytes (``EDGE_BODY_TIMEOUT``, also the guard's).
+* the head limits of :data:`HEAD_LIMITS`, and parser errors answered in the
+  edge's error shape with one rate-limited log line.
 
 Idle kept-alive connections are closed by aiohttp's own ``keepalive_timeout``
 (``EDGE_KEEPALIVE_TIMEOUT``), which stays above a load balancer's idle timeout.
 
 aiohttp has no hook for "a request head was parsed", so :class:`EdgeProtocol`
-reads two attributes of its base class (``_waiter``, ``_request_count``), as
-aiohttp's own keep-alive check does; aiohttp is pinned to 3.14.x and
+reads attributes of its base class (``_waiter``, ``_request_count``,
+``_current_request``, ``_payload_parser``, ``_reading_paused``), as aiohttp's
+own keep-alive check does, and sets the version of its placeholder request
+for unparsable heads (``_version``); aiohttp is pinned to 3.14.x and
 ``tests/test_server_limits.py`` fails if their meaning changes.
 """
 
@@ -32,90 +36,69 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
-import time
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
+
+from edge.connguard import Admission, ConnectionGuard, is_health_check, peer_address
+from edge.errors import error_page, raw_error
+from edge.headers import client_address
 
 if TYPE_CHECKING:
     from edge.fastpath import FastPath
 
 log = logging.getLogger("edge.limits")
 
-REFUSAL_LOG_INTERVAL = 60.0
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """The limits on a request head, the same on every path (:mod:`edge.fastpath` hands over what exceeds them)."""
+
+    max_line_size: int = 8190  # the request target (aiohttp's default)
+    max_field_size: int = 8190  # one header's name and value together (aiohttp's default)
+    max_headers: int = 128  # header fields (aiohttp's default)
+    max_head: int = 16 * 1024  # the whole head, request line to blank line
 
 
-class GuardedConnection(Protocol):
-    """What the guard needs of a connection (:class:`EdgeProtocol` and :class:`edge.fastpath.FrontProtocol`)."""
-
-    def waiting_for_head(self) -> bool: ...
-
-    def force_close(self) -> None: ...
-
-
-class ConnectionGuard:
-    """The open client connections of one listening site, oldest first, and the cap on them."""
-
-    def __init__(self, max_connections: int, header_timeout: float) -> None:
-        self.max_connections = max_connections  # 0: no cap
-        self.header_timeout = header_timeout  # 0: no deadline
-        self.refused = 0
-        self._open: dict[GuardedConnection, None] = {}  # insertion-ordered: the oldest first
-        self._warned_at = -REFUSAL_LOG_INTERVAL
-
-    def admit(self, protocol: GuardedConnection) -> bool:
-        """Count a new connection in, making room by closing an idle one; False when all are busy."""
-        if self.max_connections and len(self._open) >= self.max_connections and not self._close_an_idle_one():
-            self._refuse()
-            return False
-        self._open[protocol] = None
-        return True
-
-    def release(self, protocol: GuardedConnection) -> None:
-        self._open.pop(protocol, None)
-
-    def _close_an_idle_one(self) -> bool:
-        # Busy connections met on the way go to the back, so the next search starts elsewhere.
-        for _ in range(len(self._open)):
-            protocol = next(iter(self._open))
-            del self._open[protocol]
-            if protocol.waiting_for_head():
-                protocol.force_close()
-                return True
-            self._open[protocol] = None
-        return False
-
-    def _refuse(self) -> None:
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._warned_at >= REFUSAL_LOG_INTERVAL:
-            self._warned_at = now
-            log.warning(
-                "all %d client connections are busy (EDGE_MAX_CONNECTIONS): refusing new ones (%d refused so far)",
-                len(self._open),
-                self.refused,
-            )
+HEAD_LIMITS = HeadLimits()
+_ACCEPT = re.compile(rb"\r\naccept[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_FORWARDED_FOR = re.compile(rb"\r\nx-forwarded-for[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
 class EdgeProtocol(RequestHandler):
-    """aiohttp's HTTP/1.1 protocol with the connection cap and a request-head deadline."""
+    """aiohttp's HTTP/1.1 protocol with the connection cap, a request-head deadline and size limit,
+    and parser errors answered in the edge's shape."""
 
-    __slots__ = ("_guard", "_admitted", "_head_timer")
+    __slots__ = ("_guard", "_admitted", "_head_timer", "_head", "_in_head", "_accept_seen", "_reserve")
 
     def __init__(self, manager: Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
+        limits = {
+            "max_line_size": HEAD_LIMITS.max_line_size,
+            "max_field_size": HEAD_LIMITS.max_field_size,
+            "max_headers": HEAD_LIMITS.max_headers,
+        }
+        super().__init__(manager, **{**limits, **kwargs})
         self._guard = guard
         self._admitted = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head = bytearray()  # the bytes of the head being read (its size is limited; its Accept picks an error's form)
+        self._in_head = True  # a request head is being read (from the connection's start)
+        self._accept_seen = ""
+        self._reserve = False  # admitted past the cap: health checks only
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._guard.admit(self):
+        admission = self._guard.admit(self, peer_address(transport))
+        if admission is Admission.REFUSED:
             transport.close()
             return
         self._admitted = True
+        self._reserve = admission is Admission.RESERVE
         super().connection_made(transport)
         self._start_head_clock()
 
@@ -128,12 +111,83 @@ class EdgeProtocol(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self.waiting_for_head():
-            self._start_head_clock()  # the first byte of the next request on a kept-alive connection
+        self._guard.read(self)
+        if not self._in_head and self.waiting_for_head():
+            self._in_head = True  # the first byte of the next request on a kept-alive connection
+            if self._head_timer is None:
+                self._start_head_clock()
+        limit = HEAD_LIMITS.max_head
+        if self._in_head and len(self._head) <= limit:
+            self._head += data[: limit + 1 - len(self._head)]
+            end = self._head.find(b"\r\n\r\n", 0, limit)
+            if end < 0 and len(self._head) > limit:
+                self._refuse_head(431, f"The request head is larger than {limit} bytes.")
+                return
+            if self._reserve and is_health_check(self._head) is False:
+                self._refuse_head(503, "The edge is at its connection limit; try again shortly.")
+                return
+            if end >= 0 and self._guard.per_client and not self._client_within_limit():
+                self._refuse_head(429, "Too many connections from this client.")
+                return
         heads = self._request_count
         super().data_received(data)
         if self._request_count != heads:
+            self._in_head = False
+            self._accept_seen = self._accept()  # for handle_error, which runs later
+            self._head.clear()
             self._stop_head_clock()
+
+    def _refuse_head(self, status: int, error: str) -> None:
+        """Answer a head that is too large (in the edge's shape, as HTTP/1.1) and close the connection."""
+        self._guard.bad_requests.warning("bad request from %s: %d %s", self.peername, status, error)
+        _, answer = raw_error(self._accept(), status, error, close=True)
+        self._stop_head_clock()
+        if self.transport is not None:
+            self.transport.write(answer)
+        self.force_close()
+
+    def _client_within_limit(self) -> bool:
+        """Attribute the connection to the client a trusted proxy names (``EDGE_MAX_CONNECTIONS_PER_CLIENT``)."""
+        remote = self.peername
+        address = remote[0] if isinstance(remote, (list, tuple)) and remote else ""
+        forwarded = [m.group(1).decode("latin-1") for m in _FORWARDED_FOR.finditer(self._head)]
+        return self._guard.attribute(self, client_address(address, forwarded, self._guard.trusted))
+
+    def receiving(self) -> bool:
+        """Waiting on the client: for a head, a request body, or a WebSocket's messages."""
+        return self._in_head or self._payload_parser is not None or self._body_pending()
+
+    def body_stalled(self) -> bool:
+        """A request body is being read and reading is not paused by the edge itself (backpressure)."""
+        return self._body_pending() and not self._reading_paused
+
+    def _body_pending(self) -> bool:
+        request = self._current_request
+        return request is not None and request.body_exists and not request.content.is_eof()
+
+    def _accept(self) -> str:
+        found = _ACCEPT.search(self._head)
+        return found.group(1).decode("latin-1").strip() if found else ""
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        """Parser errors (400): one rate-limited WARNING line, no traceback, and the edge's error shape.
+
+        aiohttp answers them as HTTP/1.0 text, since its placeholder request for
+        a head it could not parse has version 1.0 and no headers; the Accept
+        header is read from the raw head instead. Other errors (a handler's
+        exception: 500) keep aiohttp's handling and its traceback.
+        """
+        if status != 400 or request.method != "UNKNOWN":  # aiohttp's placeholder for a head it could not parse
+            return super().handle_error(request, status, exc, message)
+        error = f"Bad request: {message or 'invalid HTTP'}"[:300]
+        self._guard.bad_requests.warning("bad request from %s: %s", request.remote, error[:200])
+        request._version = HttpVersion11  # the placeholder's is 1.0; this answer is HTTP/1.1 like every other
+        page = error_page(self._accept_seen, 400, error)
+        response = web.Response(status=400, text=page.text, content_type=page.content_type, headers=page.headers)
+        response.force_close()
+        return response
 
     def waiting_for_head(self) -> bool:
         """Idle: open, with no request being handled or queued (a new or kept-alive connection)."""
@@ -152,7 +206,7 @@ class EdgeProtocol(RequestHandler):
 
     def _head_deadline(self) -> None:
         self._head_timer = None
-        if self.waiting_for_head():
+        if self._in_head and self.transport is not None:
             log.debug("closing a connection from %s: no complete request head in %ss", self.peername, self._guard.header_timeout)
             self.force_close()
 
@@ -183,7 +237,7 @@ class EdgeSite(web.BaseSite):
     path, which hands it to an :class:`EdgeProtocol` for anything it does not take.
     """
 
-    __slots__ = ("_host", "_port", "_guard", "_fast_path", "_reuse_port", "_factory", "_handler_args")
+    __slots__ = ("_host", "_port", "_guard", "_fast_path", "_reuse_port", "_factory", "_handler_args", "_sweeper")
 
     def __init__(
         self,
@@ -205,6 +259,7 @@ class EdgeSite(web.BaseSite):
         self._reuse_port = reuse_port
         self._factory: Any = None
         self._handler_args = handler_args
+        self._sweeper: asyncio.Task | None = None
 
     @property
     def port(self) -> int:
@@ -233,6 +288,8 @@ class EdgeSite(web.BaseSite):
             return FrontProtocol(self._fast_path, self._guard, to_protocol(protocol))
 
         self._factory = protocol if self._fast_path is None else front
+        if self._guard.body_timeout > 0:
+            self._sweeper = loop.create_task(self._guard.sweep())
         self._server = await loop.create_server(
             self._factory, self._host, self._port, backlog=self._backlog, reuse_port=self._reuse_port
         )
@@ -249,6 +306,9 @@ class EdgeSite(web.BaseSite):
         task.add_done_callback(_log_failed_adoption)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         await super().stop()
         if self._fast_path is not None:
             self._fast_path.begin_stop()

@@ -22,9 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edge.flow import ProxyFlow
-from edge.auth import is_api_path
-from edge.health import HEALTH_FIELDS, HEALTH_PATHS
+from edge.flow import ProxyFlow, UpstreamError
+from edge import reserved
+from edge.health import HEALTH_FIELDS
 from edge.websocket import SOCKETS
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ PROXY, API, HEALTH, METRICS_ROUTE, OTHER = "proxy", "api", "health", "metrics", 
 # The proxy marks the requests it handles (host, prefix or cookie routed) with this key.
 ROUTE_CLASS = web.RequestKey("route_class", str)
 
-UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "handshake")
+UPSTREAM_ERROR_KINDS = tuple(kind.value for kind in UpstreamError)
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 EXECUTION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
@@ -107,46 +107,20 @@ class EdgeMetrics:
         series.inc(count)  # type: ignore[attr-defined]
 
     def flow_done(self, flow: ProxyFlow) -> None:
-        kind = upstream_error_kind(flow.error)
-        if kind is not None:
-            self.upstream_errors.labels(kind).inc()
+        if flow.error_kind is not None:
+            self.upstream_errors.labels(flow.error_kind.value).inc()
 
 
 METRICS = web.AppKey("metrics", EdgeMetrics)
 SCRAPE_HOOKS = web.AppKey("metrics_scrape_hooks", list)
 
 
-def upstream_error_kind(error: str | None) -> str | None:
-    """Which kind of upstream failure a flow's error describes (None: not the upstream's).
-
-    The texts are the ones :mod:`edge.proxy` and :mod:`edge.websocket` write;
-    ``tests/test_metrics.py`` produces each kind against real servers.
-    """
-    if not error:
-        return None
-    if error.startswith("upstream refused the WebSocket"):
-        return "handshake"
-    if error in ("upstream timeout", "upstream WebSocket handshake timed out"):
-        return "timeout"
-    if error.startswith("upstream unreachable: ClientConnector"):
-        return "connect"
-    if error.startswith(("upstream unreachable", "stream broke mid-body", "upstream went away")):
-        return "reset"
-    return None
-
-
 def route_class(request: web.Request) -> str:
     marked = request.get(ROUTE_CLASS)
     if marked is not None:
         return marked
-    path = request.path
-    if path in HEALTH_PATHS:
-        return HEALTH
-    if path == "/metrics":
-        return METRICS_ROUTE
-    if is_api_path(path):
-        return API
-    return OTHER
+    row = reserved.lookup(request.path)
+    return OTHER if row is None else row.metric
 
 
 @web.middleware

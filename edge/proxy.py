@@ -12,31 +12,18 @@ from typing import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
-from edge import keys, metrics
+from edge import exchange, keys, metrics, viteguard
 from edge.auth import cross_site_upgrade
 from edge.errors import error_response
-from edge.flow import ProxyFlow
-from edge.headers import Peer, client_response_headers, make_peer, upstream_host, upstream_request_headers
-from edge.hostpolicy import is_session_id
-from edge.routing import (
-    Match,
-    MatchKind,
-    Redirect,
-    Route,
-    RouteState,
-    cookie_session,
-    is_navigation,
-    match_prefix,
-)
+from edge.flow import ProxyFlow, UpstreamError
+from edge.headers import Peer, client_response_headers, make_peer, upstream_request_headers
+from edge.classify import DECISION, Own, Refusal, classify
+from edge.routing import Match, Redirect, Route, RouteState
 from edge.websocket import is_upgrade, relay_websocket
 
-# The edge's own namespace: never routed to a session by the cookie.
-EDGE_ROUTES = ("/api/", "/_edge/")
-EDGE_EXACT = ("/api", "/health", "/metrics", "/_edge", "/session")
-RESERVED = (*EDGE_ROUTES, "/session/")
 # Upstream bodies up to this size (with a Content-Length) are read whole and sent with the head in one write.
 SMALL_BODY = 64 * 1024
 BROKEN_STREAM = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
@@ -47,44 +34,26 @@ def redirect(location: str) -> web.Response:
     return web.Response(status=307, headers={"Location": location, "Cache-Control": "no-store"})
 
 
-def session_for_path(raw_path: str, headers: CIMultiDictProxy[str] | CIMultiDict[str], *, upgrade: bool) -> Match | Redirect | None:
-    """The prefix's session, else the edge's cookie's (also used by :mod:`edge.fastpath`)."""
-    found = match_prefix(raw_path)
-    if found is not None:
-        return found
-    path = raw_path.partition("?")[0]
-    if path in EDGE_EXACT or path.startswith(RESERVED):
-        return None
-    session = cookie_session(headers.get("Cookie"))
-    if session is None or not is_session_id(session):
-        return None
-    if is_navigation(headers.get("Sec-Fetch-Mode"), headers.get("Accept")) and not upgrade:
-        return Redirect(f"/session/{session}{raw_path}")
-    return Match(session, MatchKind.COOKIE, raw_path, "")
-
-
 async def handle(request: web.Request) -> web.StreamResponse:
-    """Catch-all handler: every request that is not one of the edge's own routes (host mode is decided
-    earlier, by the ``host_policy`` middleware)."""
+    """Catch-all handler: a request none of the edge's own routes took, decided by :func:`edge.classify.classify`."""
     upgrade = is_upgrade(request)
-    found = session_for_path(request.raw_path, request.headers, upgrade=upgrade)
+    found = request.get(DECISION)
+    if found is None:  # not through the host_policy middleware
+        found = classify(request.raw_path, request.method, request.headers, request.app[keys.HOSTS], upgrade=upgrade)
+    if isinstance(found, Match):
+        return await proxy_session(request, found, upgrade)
     if isinstance(found, Redirect):
         return redirect(found.location)
-    if found is None:
-        if request.path in EDGE_EXACT or request.path.startswith(EDGE_ROUTES):
-            return error_response(request, 404, f"No such edge route: {request.method} {request.path}")
-        return error_response(
-            request,
-            404,
-            "This address belongs to no preview session.",
-            "Open a preview at /session/<sessionId>/ (Hermes' reply links to it).",
-        )
-    return await proxy_session(request, found, upgrade)
-
-
-async def handle_host(request: web.Request, session_id: str) -> web.StreamResponse:
-    """A request whose ``Host`` names the session: the path goes upstream unchanged."""
-    return await proxy_session(request, Match(session_id, MatchKind.HOST, request.raw_path, ""), is_upgrade(request))
+    if isinstance(found, Refusal):
+        return error_response(request, found.status, found.error, found.hint)
+    if isinstance(found, Own):
+        return error_response(request, 404, f"No such edge route: {request.method} {request.path}")
+    return error_response(
+        request,
+        404,
+        "This address belongs to no preview session.",
+        "Open a preview at /session/<sessionId>/ (Hermes' reply links to it).",
+    )
 
 
 async def proxy_session(request: web.Request, found: Match, upgrade: bool) -> web.StreamResponse:
@@ -107,26 +76,21 @@ async def proxy_session(request: web.Request, found: Match, upgrade: bool) -> we
     if unavailable is not None:
         return unavailable
     assert route.target is not None
-    table.touch(found.session_id)
+    refused = viteguard.refusal(found.upstream_path, route.root)
+    if refused is not None:
+        return error_response(request, 403, refused)
     settings = request.app[keys.SETTINGS]
     peer = make_peer(request.remote, request.headers, request.scheme, settings.trusted_proxies)
-    flow = ProxyFlow(
-        session_id=found.session_id,
-        match=found.kind.value,
-        method=request.method,
-        raw_path=request.raw_path,
-        http_version=f"HTTP/{request.version.major}.{request.version.minor}",
-        client_addr=peer.address,
-        client_headers=request.headers,
+    version = f"HTTP/{request.version.major}.{request.version.minor}"
+    flow = exchange.begin(
+        table, found, route.target, peer, method=request.method, raw_path=request.raw_path, http_version=version, headers=request.headers
     )
     try:
         if upgrade:
             return await relay_websocket(request, found, route, peer, flow)
         return await forward_http(request, found, route, peer, flow)
     finally:
-        flow.finish()
-        table.touch(found.session_id)
-        request.app[keys.PROXY_LOG].flow_done(flow)
+        exchange.end(table, request.app[keys.PROXY_LOG], flow)
         metrics.flow_done(request.app, flow)
 
 
@@ -156,18 +120,15 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
     """Forward one HTTP exchange, streaming both bodies."""
     assert route.target is not None
     headers = upstream_request_headers(request.headers, route.target, peer, found.prefix, flow)
-    flow.upstream_url = f"http://{upstream_host(route.target)}{found.upstream_path}"
     flow.upstream_headers = headers
     try:
         # encoded=True: the raw path and query go upstream byte-identical, never re-quoted.
         upstream = await _send(request, URL(flow.upstream_url, encoded=True), headers, flow)
     except TimeoutError:
-        flow.error = "upstream timeout"
-        flow.status = 504
+        flow.fail(UpstreamError.TIMEOUT, "upstream timeout", 504)
         return error_response(request, 504, "The preview did not answer in time.", "Try again; if it persists, restart the preview.")
     except (aiohttp.ClientError, OSError) as exc:
-        flow.error = f"upstream unreachable: {type(exc).__name__}"
-        flow.status = 502
+        flow.fail(_unreachable_kind(exc), f"upstream unreachable: {type(exc).__name__}", 502)
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")
 
     metrics.upstream_head(request.app, flow)
@@ -221,9 +182,14 @@ async def _answer_whole(
     return response
 
 
+def _unreachable_kind(exc: BaseException) -> UpstreamError:
+    """Not connected at all, or connected and then dropped."""
+    return UpstreamError.CONNECT if isinstance(exc, aiohttp.ClientConnectorError) else UpstreamError.RESET
+
+
 def _cut(request: web.Request, response: web.StreamResponse, flow: ProxyFlow, exc: BaseException) -> web.StreamResponse:
     """The status line is sent already: the only honest signal left is to cut the connection."""
-    flow.error = f"stream broke mid-body: {type(exc).__name__}"
+    flow.fail(UpstreamError.RESET, f"stream broke mid-body: {type(exc).__name__}")
     if request.transport is not None:
         request.transport.close()
     return response

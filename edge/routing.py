@@ -16,6 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Awaitable, Callable, Iterable, NamedTuple
 
 from yarl import URL
@@ -81,6 +82,7 @@ class Route:
     source: str = "api"
     detail: str = ""
     retry_after: int = 2
+    root: Path | None = None  # the dev server's project folder (its /@fs/ reads stay inside: edge.viteguard)
 
     def as_json(self) -> dict:
         return {

@@ -21,6 +21,7 @@ killing the dev servers' process groups (within ECS's 30 s stop timeout by defau
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -35,7 +36,8 @@ from edge.app import create_app
 from edge.auth import exposure_problem, is_loopback
 from edge.fastpath import FAST_PATH
 from edge.workers import WORKERS
-from edge.limits import ConnectionGuard, EdgeSite
+from edge.connguard import ConnectionGuard
+from edge.limits import EdgeSite
 from edge.proxylog import ProxyLog
 from edge.settings import Settings, SettingsError
 from edge.stopping import STOPPING
@@ -71,7 +73,7 @@ async def start_edge(settings: Settings, *, proxy_log: ProxyLog | None = None) -
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=settings.drain_seconds)
     await runner.setup()
     app[STOPPING].server = runner.server
-    guard = ConnectionGuard(settings.max_connections, settings.header_timeout)
+    guard = ConnectionGuard.from_settings(settings)
     site = EdgeSite(
         runner,
         settings.host,
@@ -93,11 +95,33 @@ async def start_edge(settings: Settings, *, proxy_log: ProxyLog | None = None) -
     return RunningEdge(runner, site)
 
 
+PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE = 3
+
+
+def make_undumpable() -> bool:
+    """Keep processes of the same uid (the dev servers run the user's code) out of this one.
+
+    A non-dumpable process's ``/proc/<pid>/environ``, ``mem`` and ``maps`` are
+    readable by root only and it cannot be ptrace-attached, so a preview cannot
+    read the edge's secrets (``EDGE_API_TOKEN``, ``GITHUB_TOKEN``) there. The
+    dev servers are not affected: ``execve`` makes a child dumpable again.
+    False where prctl is not available (not Linux).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM, SIGINT or ``keys.STOP`` (idle auto-shutdown), then stop in order.
 
     A second signal while stopping exits at once (128 + the signal's number).
     """
+    if not make_undumpable():
+        log.warning("could not make the edge process non-dumpable (prctl): same-uid processes may read its environment")
     edge = await start_edge(settings)
     # Everything made while starting lives as long as the process: keep it out
     # of the garbage collector's full passes, which otherwise walk it again and again.

@@ -137,6 +137,8 @@ class Settings:
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     max_connections: int = 1000
+    max_connections_per_client: int = 64  # EDGE_MAX_CONNECTIONS_PER_CLIENT (edge.limits)
+    body_timeout: float = 20.0  # EDGE_BODY_TIMEOUT: seconds a request body may send nothing
     fast_path: bool = True  # EDGE_FAST_PATH=0: every request through aiohttp's server and client (edge.fastpath)
     workers: int = 1  # EDGE_WORKERS: processes serving the port (edge.workers); more than 1 puts the fast path on more cores
     flow_log: Path | None = None
@@ -218,6 +220,10 @@ class Settings:
             header_timeout=_number(env, "EDGE_HEADER_TIMEOUT", cls.header_timeout),
             keepalive_timeout=_number(env, "EDGE_KEEPALIVE_TIMEOUT", cls.keepalive_timeout),
             max_connections=int(_number(env, "EDGE_MAX_CONNECTIONS", cls.max_connections, int)),
+            max_connections_per_client=int(
+                _number(env, "EDGE_MAX_CONNECTIONS_PER_CLIENT", cls.max_connections_per_client, int)
+            ),
+            body_timeout=_number(env, "EDGE_BODY_TIMEOUT", cls.body_timeout),
             fast_path=_bool(env, "EDGE_FAST_PATH", cls.fast_path),
             workers=_workers(env),
             flow_log=Path(flow_log) if flow_log else None,

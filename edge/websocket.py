@@ -24,8 +24,8 @@ from yarl import URL
 
 from edge import keys
 from edge.errors import error_response
-from edge.flow import ProxyFlow
-from edge.headers import Peer, upstream_host, upstream_request_headers
+from edge.flow import ProxyFlow, UpstreamError
+from edge.headers import Peer, upstream_request_headers
 from edge.routing import Match, Route, SessionTable
 
 # The largest message a browser may send: what Vite's own server (the `ws`
@@ -143,10 +143,10 @@ class Relay:
             self.flow.close_code = sendable_code(end.code)
         elif end.side == UPSTREAM:
             self.flow.close_code = UPSTREAM_LOST
-            self.flow.error = "upstream went away without a close frame"
+            self.flow.fail(UpstreamError.RESET, "upstream went away without a close frame")
         else:
             self.flow.close_code = WSCloseCode.GOING_AWAY
-            self.flow.error = "browser went away without a close frame"
+            self.flow.fail(None, "browser went away without a close frame")
 
     async def _close_upstream(self, end: End) -> None:
         """Pass the close on to the upstream (or answer its close) and wait for its close frame."""
@@ -235,7 +235,7 @@ async def relay_websocket(request: web.Request, found: Match, route: Route, peer
         p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in value.split(",") if p.strip()
     )
     if not web.WebSocketResponse(protocols=protocols).can_prepare(request):
-        flow.status, flow.error = 400, "invalid WebSocket handshake"
+        flow.fail(None, "invalid WebSocket handshake", 400)
         return error_response(request, 400, "This is not a valid WebSocket handshake.")
 
     upstream = await _connect_upstream(request, found, route, peer, flow, protocols)
@@ -276,8 +276,7 @@ async def _connect_upstream(
     """The upstream socket (offered all the browser's subprotocols), or the browser's error answer."""
     assert route.target is not None
     headers = upstream_request_headers(request.headers, route.target, peer, found.prefix, flow, websocket=True)
-    url = URL(f"http://{upstream_host(route.target)}{found.upstream_path}", encoded=True)
-    flow.upstream_url = str(url)
+    url = URL(flow.upstream_url, encoded=True)  # set by edge.exchange.begin
     flow.upstream_headers = headers
     try:
         async with asyncio.timeout(request.app[keys.SETTINGS].first_byte_timeout):
@@ -295,11 +294,12 @@ async def _connect_upstream(
             )
     except aiohttp.WSServerHandshakeError as exc:
         status = exc.status if 400 <= exc.status < 600 else 502
-        flow.status, flow.error = status, f"upstream refused the WebSocket: {exc.status}"
+        flow.fail(UpstreamError.HANDSHAKE, f"upstream refused the WebSocket: {exc.status}", status)
         return error_response(request, status, f"The preview refused the WebSocket ({exc.status}).")
     except TimeoutError:
-        flow.status, flow.error = 504, "upstream WebSocket handshake timed out"
+        flow.fail(UpstreamError.TIMEOUT, "upstream WebSocket handshake timed out", 504)
         return error_response(request, 504, "The preview did not answer the WebSocket handshake in time.")
     except (aiohttp.ClientError, OSError) as exc:
-        flow.status, flow.error = 502, f"upstream unreachable: {type(exc).__name__}"
+        kind = UpstreamError.CONNECT if isinstance(exc, aiohttp.ClientConnectorError) else UpstreamError.RESET
+        flow.fail(kind, f"upstream unreachable: {type(exc).__name__}", 502)
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")

@@ -27,7 +27,7 @@ from edge import keys, workers
 from edge.fastpath import FastPath, FrontProtocol, Tally
 from edge.hostpolicy import HostPolicy
 from edge.idle import IDLE, IdleWatch
-from edge.limits import ConnectionGuard
+from edge.connguard import ConnectionGuard
 from edge.proxylog import JsonLines, ProxyLog
 from edge.routing import Route, SessionTable
 from edge.settings import Settings
@@ -47,7 +47,7 @@ class Worker:
         app[keys.PROXY_LOG] = ProxyLog([JsonLines()], recent=MAX_RECORDS)
         app[IDLE] = IdleWatch()
         self.fast = FastPath(app)  # no metrics sink: each report takes the tally
-        self.guard = ConnectionGuard(settings.max_connections, settings.header_timeout)
+        self.guard = ConnectionGuard.from_settings(settings)
         self.stop = asyncio.Event()
         self._reported: dict[str, float] = {}
 

@@ -95,7 +95,7 @@ class Preview:
     def route(self) -> Route:
         """What the proxy should do with a request for this session now."""
         if self.state is PreviewState.READY and self.port is not None and not self.stopping:
-            return Route(self.session_id, _target(self.port), RouteState.READY, source="preview")
+            return Route(self.session_id, _target(self.port), RouteState.READY, source="preview", root=self.folder)
         if self.state is PreviewState.FAILED:
             detail = self.error + ("\n\n" + self.log.text(30) if self.log.count else "")
             return Route(self.session_id, None, RouteState.FAILED, source="preview", detail=detail)
@@ -355,7 +355,9 @@ class PreviewSupervisor:
                     preview.ready_at = time.monotonic()
                     preview.set_state(PreviewState.READY)
                     preview.log.event(f"ready in {preview.ready_at - preview.start_clock:.1f}s")
-                    self.table.set(Route(preview.session_id, _target(preview.port), RouteState.READY, source="preview"))
+                    self.table.set(
+                        Route(preview.session_id, _target(preview.port), RouteState.READY, source="preview", root=preview.folder)
+                    )
                     return await preview.process.wait()
                 if outcome != "port-taken":
                     raise PreviewError(outcome)

@@ -53,9 +53,20 @@ async def serve_app(app: web.Application, **runner_kwargs) -> RunningServer:
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def fast_path(request: pytest.FixtureRequest) -> bool:
+    """Whether the edge starts with its fast path (``EDGE_FAST_PATH``); both in modules marked ``both_paths``."""
+    return getattr(request, "param", True)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_paths") and "fast_path" in metafunc.fixturenames:
+        metafunc.parametrize("fast_path", [True, False], ids=["fast", "aiohttp"], indirect=True)
+
+
+@pytest.fixture
+def settings(tmp_path, fast_path: bool) -> Settings:
     """Embedded defaults, with the workspace in the test's temporary folder."""
-    return replace(Settings.from_env({}), workspace_path=tmp_path / "workspace", port=free_port())
+    return replace(Settings.from_env({}), workspace_path=tmp_path / "workspace", port=free_port(), fast_path=fast_path)
 
 
 ServeFactory = Callable[..., Awaitable[RunningServer]]

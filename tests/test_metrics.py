@@ -166,14 +166,3 @@ async def test_each_app_has_its_own_registry(edge, serve):
         one, two = await scrape(client, first), await scrape(client, second)
     assert value(one, "edge_requests_total", route="proxy", code="200") == 2
     assert value(two, "edge_requests_total", route="proxy", code="200") == 0
-
-
-def test_error_kinds_cover_the_proxys_texts():
-    kind = metrics.upstream_error_kind
-    assert kind("upstream unreachable: ClientConnectorError") == "connect"
-    assert kind("upstream unreachable: ServerDisconnectedError") == "reset"
-    assert kind("upstream went away without a close frame") == "reset"
-    assert kind("upstream WebSocket handshake timed out") == "timeout"
-    assert kind("browser went away without a close frame") is None
-    assert kind("invalid WebSocket handshake") is None
-    assert kind(None) is None

@@ -37,6 +37,9 @@ from tests.upstreams import (
     upstream_app,
 )
 
+# Every test runs with the fast path on and off: the two request paths answer alike.
+pytestmark = pytest.mark.both_paths
+
 MiB = 1024 * 1024
 
 

@@ -98,8 +98,17 @@ async def test_bad_targets_are_400_and_change_nothing(edge, client, target):
 
 @pytest.mark.parametrize(
     "body, content_type",
-    [(b"{not json", "application/json"), (b"[1, 2]", "application/json"), (b'"http://127.0.0.1:1"', "application/json"), (b"\xff\xfe", "application/json"), (b"", "application/json"), (b"null", "application/json")],
-    ids=["invalid", "array", "string", "binary", "empty", "null"],
+    [
+        (b"{not json", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b'"http://127.0.0.1:1"', "application/json"),
+        (b"\xff\xfe", "application/json"),
+        (b"", "application/json"),
+        (b"null", "application/json"),
+        (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "application/json"),  # nested, under the body limit
+        (b'{"target": ' + b"9" * 100_000 + b"}", "application/json"),  # a number past Python's digit limit
+    ],
+    ids=["invalid", "array", "string", "binary", "empty", "null", "nested", "huge-number"],
 )
 async def test_bad_bodies_are_400(edge, client, body, content_type):
     server = await edge()

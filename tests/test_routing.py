@@ -11,6 +11,9 @@ from aiohttp import web
 from edge.routing import strip_session_cookie
 from tests.upstreams import SEEN, add_route, header_values, parse_response, raw_exchange, upstream_app
 
+# Every test runs with the fast path on and off: the two request paths answer alike.
+pytestmark = pytest.mark.both_paths
+
 
 @pytest.fixture
 async def two_sessions(edge, serve):

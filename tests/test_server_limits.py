@@ -6,6 +6,7 @@ a legitimate long upload, stream or WebSocket; draining on stop, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from edge.connguard import HEALTH_RESERVE
 from edge.server import start_edge
 from tests.conftest import free_port
 from tests.fixtures_rawhttp import add_route, closed_by_peer, open_raw, read_response, request
@@ -171,7 +173,8 @@ async def test_at_the_cap_a_new_connection_replaces_the_longest_idle_one(edge):
         writer.close()
 
 
-async def test_when_every_connection_is_busy_new_ones_are_refused(edge, serve):
+async def busy_edge(edge, serve, cap: int):
+    """An edge whose ``cap`` connections all wait for a slow upstream (nothing may be closed to make room)."""
     release = asyncio.Event()
     waiting = 0
 
@@ -184,22 +187,137 @@ async def test_when_every_connection_is_busy_new_ones_are_refused(edge, serve):
     app = web.Application()
     app.router.add_get("/slow", slow)
     upstream = await serve(app)
-    server = await edge(max_connections=3, header_timeout=60, keepalive_timeout=60)
+    server = await edge(max_connections=cap, header_timeout=60, keepalive_timeout=60)
     add_route(server, "s1", upstream.origin)
-    busy = [await open_raw(server.port) for _ in range(3)]
+    busy = [await open_raw(server.port) for _ in range(cap)]
     for _, writer in busy:
         writer.write(request("GET", "/session/s1/slow"))
     async with asyncio.timeout(10):
-        while waiting < 3:
+        while waiting < cap:
             await asyncio.sleep(0.01)
+    return server, busy, release
 
+
+async def test_when_every_connection_is_busy_only_health_checks_are_answered(edge, serve):
+    server, busy, release = await busy_edge(edge, serve, 3)
+    assert await answered(server.port)  # /health, on a reserve connection
+    reader, writer = await open_raw(server.port)
+    writer.write(request("GET", "/session/s1/slow"))
+    answer = await closed_by_peer(reader)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    # The reserve is small: silent connections use it up, then new ones are refused.
+    silent = [await open_raw(server.port) for _ in range(HEALTH_RESERVE)]
+    await asyncio.sleep(0.1)
     assert not await answered(server.port)
+    for _, writer in silent:
+        writer.close()
+    await asyncio.sleep(0.1)
+    assert await answered(server.port)
     release.set()
     for reader, writer in busy:
         response = await read_response(reader)
         assert response is not None and response.body == b"done"
+        writer.close()
+
+
+async def test_trickling_uploads_at_the_cap_neither_lock_out_clients_nor_health_checks(edge, recording_upstream):
+    """One client fills the cap with uploads sending a byte at a time: the slowest makes room for new clients."""
+    server = await edge(max_connections=5, header_timeout=60, keepalive_timeout=60, body_timeout=60)
+    add_route(server, "s1", recording_upstream.origin)
+    uploads = [await open_raw(server.port) for _ in range(5)]
+    for _, writer in uploads:
+        writer.write(request("POST", "/session/s1/upload", headers={"Content-Length": "1000"}, body=b"x"))
+    async with asyncio.timeout(10):
+        while len(recording_upstream.arrived) < 5:
+            await asyncio.sleep(0.01)
+    for _ in range(3):
+        assert await answered(server.port)
+        reader, writer = await open_raw(server.port)
+        writer.write(request("GET", "/session/s1/page"))
+        response = await read_response(reader)
+        writer.close()
+        assert response is not None and response.body == b"GET /page 0"
+    closed = 0
+    for reader, writer in uploads:
+        with contextlib.suppress(TimeoutError):
+            closed += await closed_by_peer(reader, timeout=0.2) == b""
+        writer.close()
+    assert closed >= 1
+
+
+async def test_idle_websockets_at_the_cap_make_room_for_new_clients(edge, serve):
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(message.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", echo)
+    upstream = await serve(app)
+    server = await edge(max_connections=3, header_timeout=60, keepalive_timeout=60)
+    add_route(server, "s1", upstream.origin)
+    async with aiohttp.ClientSession() as client:
+        sockets = [await client.ws_connect(server.url("/session/s1/ws")) for _ in range(3)]
+        assert await answered(server.port)
+        assert await answered(server.port)
+        for ws in sockets:
+            await ws.close()
+
+
+async def test_a_request_body_that_stops_sending_is_closed_after_the_body_timeout(edge, recording_upstream):
+    server = await edge(body_timeout=0.5, header_timeout=60, first_byte_timeout=60)
+    add_route(server, "s1", recording_upstream.origin)
+    reader, writer = await open_raw(server.port)
+    writer.write(request("POST", "/session/s1/upload", headers={"Content-Length": "10"}, body=b"abc"))
+    assert await closed_by_peer(reader, timeout=10) == b""
+    writer.close()
+    assert recording_upstream.seen == []  # the upstream never got a whole body
+
+
+async def test_a_body_that_keeps_sending_outlives_the_body_timeout(edge, recording_upstream):
+    server = await edge(body_timeout=0.5)
+    add_route(server, "s1", recording_upstream.origin)
+    reader, writer = await open_raw(server.port)
+    writer.write(request("POST", "/session/s1/upload", headers={"Content-Length": "8"}))
+    for _ in range(8):
+        await asyncio.sleep(0.25)
+        writer.write(b"x")
+    response = await read_response(reader)
+    writer.close()
+    assert response is not None and response.body == b"POST /upload 8"
+
+
+async def test_one_client_address_is_limited_to_its_share_of_connections(edge):
+    server = await edge(max_connections_per_client=2, trusted_proxies=(), header_timeout=60)
+    held = [await held_connection(server.port) for _ in range(2)]
+    assert not await answered(server.port)
+    held[0][1].close()
+    await asyncio.sleep(0.1)
     assert await answered(server.port)
-    for _, writer in busy:
+    for _, writer in held[1:]:
+        writer.close()
+
+
+async def test_behind_a_trusted_proxy_the_limit_is_per_forwarded_client(edge, recording_upstream):
+    server = await edge(max_connections_per_client=2, header_timeout=60)  # loopback is a trusted proxy
+    add_route(server, "s1", recording_upstream.origin)
+
+    async def get(client: str) -> tuple[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        reader, writer = await open_raw(server.port)
+        writer.write(request("GET", "/session/s1/x", headers={"X-Forwarded-For": client}))
+        response = await read_response(reader)
+        assert response is not None
+        return response.status, (reader, writer)
+
+    first = [await get("203.0.113.7") for _ in range(2)]
+    third, third_connection = await get("203.0.113.7")
+    other, other_connection = await get("198.51.100.1")
+    assert [status for status, _ in first] == [200, 200]
+    assert (third, other) == (429, 200)
+    for _, (_, writer) in [*first, (third, third_connection), (other, other_connection)]:
         writer.close()
 
 

@@ -27,7 +27,8 @@ T = TypeVar("T")
 WAIT = 10.0  # the bound on every wait: a relay that hangs fails the test instead of stalling it
 BOUNDED = aiohttp.ClientWSTimeout(ws_receive=WAIT, ws_close=WAIT)
 
-pytestmark = pytest.mark.timeout(120)
+# Every test runs with the fast path on and off: the two request paths answer alike.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.both_paths]
 
 
 async def within(awaitable: Awaitable[T]) -> T:

@@ -3,7 +3,7 @@
 ``{"type":"api","method":"POST","path":"/api/claude/<id>/execute","status":404,
 "caller":"10.0.3.7","session":"<id>","durationMs":12,"error":"Session not found: ..."}``
 goes to stdout beside the proxy's lines (CloudWatch). The caller is the
-address after trusted proxies (``edge.auth.client_address``); queries are
+address after trusted proxies (``edge.auth.caller_address``); queries are
 redacted like the proxy's; the error is the answer's own ``error`` field.
 """
 
@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from edge import keys
-from edge.auth import client_address, is_api_path
+from edge.auth import caller_address, is_api_path
 from edge.redact import redact_query
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,7 +71,7 @@ async def log_api(request: web.Request, handler: Handler) -> web.StreamResponse:
             "method": request.method,
             "path": redact_query(request.raw_path),
             "status": status,
-            "caller": client_address(request, request.app[keys.SETTINGS]),
+            "caller": caller_address(request, request.app[keys.SETTINGS]),
             "session": _session(request),
             "durationMs": int((time.monotonic() - started) * 1000),
         }

@@ -43,6 +43,7 @@ from yarl import URL
 
 from edge import keys, reserved
 from edge.errors import error_response, wants_html
+from edge.headers import client_address, is_trusted
 from edge.hostpolicy import split_host
 from edge.settings import Settings
 
@@ -117,30 +118,15 @@ def unauthorized(error: str) -> web.Response:
     )
 
 
-def client_address(request: web.BaseRequest, settings: Settings) -> str:
+def caller_address(request: web.BaseRequest, settings: Settings) -> str:
     """The caller's address: the connection's, or behind trusted proxies the nearest forwarded one."""
-    address = request.remote or ""
-    if not settings.trusted_proxies or not _in(address, settings.trusted_proxies):
-        return address
-    forwarded = [part.strip() for value in request.headers.getall("X-Forwarded-For", []) for part in value.split(",")]
-    for hop in reversed([part for part in forwarded if part]):
-        if not _in(hop, settings.trusted_proxies):
-            return hop
-        address = hop
-    return address
-
-
-def _in(address: str, networks: tuple) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.strip("[]"))
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
+    return client_address(request.remote or "", request.headers.getall("X-Forwarded-For", []), settings.trusted_proxies)
 
 
 def trusted_caller(request: web.BaseRequest, settings: Settings) -> bool:
     """Whether the caller is inside ``EDGE_API_TRUSTED_NETWORKS`` (no token needed for the API)."""
-    return bool(settings.api_trusted_networks) and _in(client_address(request, settings), settings.api_trusted_networks)
+    networks = settings.api_trusted_networks
+    return bool(networks) and is_trusted(caller_address(request, settings), networks)
 
 
 @web.middleware

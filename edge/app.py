@@ -16,7 +16,7 @@ from control import dynamo, status_api, tracking
 from control.previews import RegistryLocator
 from control.sessions import REGISTRY
 from control.workspaces import WORKSPACES
-from edge import auth, fastpath, health, idle, keys, metrics, operator, proxy, routes_api, stopping, workers
+from edge import auth, fastpath, health, idle, keys, metrics, operator, proxy, routes_api, startpage, stopping, tabs, workers
 from edge.errors import error_response
 from edge.framing import reject_ambiguous_framing
 from edge.hostpolicy import HostPolicy, split_host
@@ -130,5 +130,7 @@ def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None =
     if settings.workers > 1 and settings.fast_path and settings.flow_log is None:
         workers.setup(app, settings.workers)  # more processes on the port (edge.server starts them)
     stopping.setup_drain(app)  # last cleanup_ctx: running work ends before dev servers stop
+    startpage.setup(app)  # /session/_edge/status/<id>: what the waiting page polls
+    tabs.setup(app)  # the tab worker that keeps each browser tab on its own session (prefix mode)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

@@ -38,7 +38,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from edge import keys, metrics
+from edge import keys, metrics, tabs
 from edge.errors import error_page, reason
 from edge.flow import ProxyFlow
 from edge.headers import Peer, client_response_headers, make_peer, upstream_host, upstream_request_headers
@@ -159,7 +159,7 @@ class FastPath:
             found = session_for_path(raw_path, headers, upgrade=False)
         else:
             return None
-        if not isinstance(found, Match):
+        if not isinstance(found, Match) or tabs.needs_bootstrap(found, headers, self.settings.tab_isolation):
             return None
         route = self.table.get(found.session_id)
         if route is None or route.state is not RouteState.READY or route.target is None:

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from edge import keys, metrics
+from edge import keys, metrics, startpage, tabs
 from edge.auth import cross_site_upgrade
 from edge.errors import error_response
 from edge.flow import ProxyFlow
@@ -70,6 +70,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     found = session_for_path(request.raw_path, request.headers, upgrade=upgrade)
     if isinstance(found, Redirect):
         return redirect(found.location)
+    if tabs.needs_bootstrap(found, request.headers, request.app[keys.SETTINGS].tab_isolation):
+        return tabs.bootstrap_response(found)  # per-tab sessions: a first navigation installs the tab worker
     if found is None:
         if request.path in EDGE_EXACT or request.path.startswith(EDGE_ROUTES):
             return error_response(request, 404, f"No such edge route: {request.method} {request.path}")
@@ -131,25 +133,7 @@ async def proxy_session(request: web.Request, found: Match, upgrade: bool) -> we
 
 
 def _unavailable(request: web.Request, route: Route) -> web.StreamResponse | None:
-    if route.state is RouteState.STARTING or (route.state is RouteState.READY and route.target is None):
-        return error_response(
-            request,
-            503,
-            "The preview is starting.",
-            "This page reloads by itself when it is ready.",
-            retry_after=route.retry_after,
-            refresh=True,
-            extra={"state": route.state.value, "log": route.detail} if route.detail else {"state": route.state.value},
-        )
-    if route.state is RouteState.FAILED:
-        return error_response(
-            request,
-            502,
-            "The preview failed to start.",
-            "Fix the error shown below, then restart the preview.",
-            extra={"state": route.state.value, "log": route.detail},
-        )
-    return None
+    return startpage.unavailable(request, route)  # the waiting page for site owners, 503/502 for machines
 
 
 async def forward_http(request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow) -> web.StreamResponse:

@@ -124,6 +124,7 @@ class Settings:
     keepalive_timeout: float = 75.0
     max_connections: int = 1000
     fast_path: bool = True  # EDGE_FAST_PATH=0: every request through aiohttp's server and client (edge.fastpath)
+    tab_isolation: bool = True  # EDGE_TAB_ISOLATION=0: no tab worker; prefix mode routes root paths by cookie only (edge.tabs)
     workers: int = 1  # EDGE_WORKERS: processes serving the port (edge.workers); more than 1 puts the fast path on more cores
     flow_log: Path | None = None
     api_token: str | None = field(default=None, repr=False)
@@ -196,6 +197,7 @@ class Settings:
             keepalive_timeout=_number(env, "EDGE_KEEPALIVE_TIMEOUT", cls.keepalive_timeout),
             max_connections=int(_number(env, "EDGE_MAX_CONNECTIONS", cls.max_connections, int)),
             fast_path=_bool(env, "EDGE_FAST_PATH", cls.fast_path),
+            tab_isolation=_bool(env, "EDGE_TAB_ISOLATION", cls.tab_isolation),
             workers=_workers(env),
             flow_log=Path(flow_log) if flow_log else None,
             api_token=env.get("EDGE_API_TOKEN") or None,

@@ -143,10 +143,10 @@ def setup(app: web.Application) -> None:
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
-<title>Preparing your preview…</title>
+<title>Preparing your preview…</title><link rel="icon" href="data:,">
 <noscript><meta http-equiv="refresh" content="5"></noscript>
 <style>
-body{font:17px/1.5 system-ui,sans-serif;color:#222;background:#fafafa;margin:0}
+[hidden]{display:none!important}body{font:17px/1.5 system-ui,sans-serif;color:#222;background:#fafafa;margin:0}
 main{max-width:34em;margin:12vh auto;padding:2em;background:#fff;border-radius:12px;box-shadow:0 1px 4px #0002}
 h1{font-size:1.4em;margin:0 0 .3em}
 ol{list-style:none;padding:0;margin:1.5em 0 0;display:flex;gap:.5em}

@@ -88,7 +88,7 @@ def setup(app: web.Application) -> None:
 
 
 BOOTSTRAP_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1"><title>Opening the preview…</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>Opening the preview…</title><link rel="icon" href="data:,">
 <style>body{font:16px/1.5 system-ui,sans-serif;margin:4em auto;max-width:32em;padding:0 1em;color:#444}</style>
 </head><body><p>Opening the preview…</p><script>
 (async () => {

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
 
 import pytest
 from playwright.async_api import Error as PlaywrightError
-from playwright.async_api import async_playwright
 
 from edge.tabs import WORKER_PATH
-from tests.chromium import CHROMIUM, CHROMIUM_ARGS, PUBLIC_HOST
-from tests.fixtures_astro import require
-from tests.fixtures_browser import WatchedPage
+from tests.chromium import PUBLIC_HOST
+from tests.fixtures_browser import WatchedPage, secure_browser
 
 pytestmark = [pytest.mark.astro, pytest.mark.browser]
 DEADLINE = 120.0
@@ -64,23 +61,6 @@ def foreign_responses(watched: WatchedPage, origin: str, session_id: str) -> lis
         if got != session_id:
             wrong.append(f"{response.url} -> {got}")
     return wrong
-
-
-@asynccontextmanager
-async def secure_browser(origin: str):
-    """Chromium that treats the public host as https would be (service workers need a secure context).
-
-    The production edge is https; here it is plain http on the public name, which
-    Chromium would otherwise treat as insecure (no service workers, no Fetch Metadata).
-    """
-    require(CHROMIUM.exists(), f"{CHROMIUM} is not installed")
-    async with async_playwright() as playwright:
-        args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
-        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def test_two_sessions_in_one_context_stay_apart(preview_edge, make_thread):

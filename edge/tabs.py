@@ -215,12 +215,17 @@ function socketShim(prefix) {
     ` EdgeTabWebSocket.edgeTab = true; globalThis.WebSocket = EdgeTabWebSocket; })();`;
 }
 
+// Vite's client builds its socket URL (also used by its ping, which may run in a SharedWorker the shim
+// never sees) as `${host}:${port}${"<hmr base>"}`: put the prefix into that base.
+const SOCKET_BASE = /(const socketHost = `[^`\n]*\$\{)"(\/[^"]*)"(\}`)/;
+
 async function withSocketPrefix(response, session) {
-  const text = await response.text();
+  const prefix = `/session/${session}`;
+  const text = (await response.text()).replace(SOCKET_BASE, (all, head, base, tail) => head + JSON.stringify(prefix + base) + tail);
   const headers = new Headers(response.headers);
   headers.delete("Content-Length");
   headers.delete("Content-Encoding");
   headers.delete("ETag");
-  return new Response(socketShim(`/session/${session}`) + text, { status: 200, statusText: response.statusText, headers });
+  return new Response(socketShim(prefix) + text, { status: 200, statusText: response.statusText, headers });
 }
 """

@@ -29,6 +29,7 @@ from edge.settings import Settings
 from preview.deps import DependencyStore
 from preview.locator import Locator
 from preview.logs import LogTail
+from preview.packages import detect, dev_script, is_plain_astro_dev
 from preview.node import AstroInstall, PreviewError, astro_install, check_engines, child_env, node_version, resolve_node
 from preview.ports import NoFreePort, PortPool
 from preview.process import ManagedProcess, spawn
@@ -71,6 +72,7 @@ class Preview:
     process: ManagedProcess | None = None
     restarts: int = 0
     install: str = ""
+    dev_command: str = ""  # what runs the dev server, in words (status and log)
     astro_version: str = ""
     node_version: str = ""
     started_at: float | None = None  # wall clock, for status
@@ -294,6 +296,8 @@ class PreviewSupervisor:
             "astroVersion": preview.astro_version or None,
             "nodeVersion": preview.node_version or None,
             "dependencies": preview.install or None,
+            "packageManager": detect(preview.folder).label,
+            "devCommand": preview.dev_command or None,
             "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(preview.started_at)) if preview.started_at else None,
             "readySeconds": round(preview.ready_at - preview.start_clock, 2) if preview.ready_at >= preview.start_clock > 0 else None,
             "idleSeconds": round(time.monotonic() - self._last_used(preview), 1),
@@ -343,11 +347,9 @@ class PreviewSupervisor:
         for _ in range(PORT_ATTEMPTS):
             preview.port = self.ports.acquire()
             preview.set_state(PreviewState.STARTING)
-            argv = [node, str(astro.entry), "dev", "--host", "127.0.0.1", "--port", str(preview.port)]
-            if astro.has_dev_lock:
-                argv.append("--ignore-lock")  # a stale .astro/dev.json must never block a start
+            argv, how = await self._dev_command(preview, node, astro, preview.port)
             mark = preview.log.count
-            preview.log.event(f"starting Astro {astro.version} (Node {preview.node_version}) on 127.0.0.1:{preview.port}")
+            preview.log.event(f"starting Astro {astro.version} (Node {preview.node_version}) on 127.0.0.1:{preview.port}: {how}")
             try:
                 preview.process = await spawn(argv, cwd=preview.folder, env=env, log=preview.log)
                 outcome = await self._wait_ready(preview, preview.process, preview.port, mark)
@@ -363,6 +365,21 @@ class PreviewSupervisor:
             finally:
                 await self._release(preview)
         raise PreviewError(f"no usable port after {PORT_ATTEMPTS} attempts")
+
+    async def _dev_command(self, preview: Preview, node: str, astro: AstroInstall, port: int) -> tuple[list[str], str]:
+        """The site's own ``dev`` script through its package manager, else ``astro dev``; and how to say which."""
+        address = ["--host", "127.0.0.1", "--port", str(port)]
+        script = dev_script(preview.folder)
+        if script is None or is_plain_astro_dev(script):
+            argv = [node, str(astro.entry), "dev", *address]
+            if astro.has_dev_lock:
+                argv.append("--ignore-lock")  # a stale .astro/dev.json must never block a start
+            preview.dev_command = "astro dev" + (" (the site's dev script)" if script else " (the site has no dev script)")
+            return argv, preview.dev_command
+        manager = detect(preview.folder)
+        tool = await self.deps.tools.argv(manager, node, preview.log)
+        preview.dev_command = f"the site's dev script through {manager.label}: {script}"
+        return [*tool, *manager.run_args("dev", *address)], preview.dev_command
 
     async def _wait_ready(self, preview: Preview, proc: ManagedProcess, port: int, mark: int) -> str:
         """``ready`` once GET / answers below 500; ``port-taken``; or why it never became ready."""

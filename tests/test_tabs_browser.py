@@ -81,10 +81,10 @@ async def test_two_sessions_in_one_context_stay_apart(preview_edge, make_thread)
 
     origin = f"http://{PUBLIC_HOST}:{edge.server.port}"
     async with secure_browser(origin) as browser:
-        await two_tabs(browser, origin, one, two)
+        await two_tabs(edge, browser, origin, one, two)
 
 
-async def two_tabs(browser, origin: str, one, two) -> None:
+async def two_tabs(edge, browser, origin: str, one, two) -> None:
     url_one, url_two = (f"{origin}/session/{t.session_id}/" for t in (one, two))
     context = await browser.new_context()
     try:
@@ -109,6 +109,10 @@ async def two_tabs(browser, origin: str, one, two) -> None:
         # fetch() from the page at a root path too.
         assert await tab1.page.evaluate("async () => (await fetch('/about')).headers.get('x-edge-session')") == one.session_id
         assert await tab2.page.evaluate("async () => (await fetch('/about')).headers.get('x-edge-session')") == two.session_id
+
+        # Vite's client builds its socket URL (HMR and ping) under the tab's own prefix.
+        client = await tab1.page.evaluate("async () => (await fetch('/@vite/client')).text()")
+        assert f'{{"/session/{one.session_id}/"}}`;' in client
 
         # An HMR CSS edit in thread 1 shows in tab 1 and never in tab 2.
         assert await tab1.page.evaluate(H1_COLOR) == "rgb(1, 2, 3)"
@@ -141,5 +145,18 @@ async def two_tabs(browser, origin: str, one, two) -> None:
         assert foreign_responses(tab2, origin, two.session_id) == []
         problems = [p for p in tab1.problems() + tab2.problems() if "net::ERR_ABORTED" not in p]
         assert problems == []
+
+        # Thread 1's dev server stops: its HMR socket closes, Vite pings through tab 1's own prefix
+        # (thread 2's server would answer a root ping at once) and the page comes back by itself.
+        await tab1.page.evaluate("() => { window.__beforeStop = true; }")
+        status, _ = await edge.api("POST", "stop", one)
+        assert status == 200
+        await eventually(
+            tab1.page,
+            "() => window.__beforeStop === undefined && document.querySelector('h1')?.textContent === 'About Amelia'",
+            "tab 1 to come back after the stop",
+        )
+        assert tab1.page.url == f"{url_one}about"
+        assert await tab2.page.evaluate(f"() => ({H1_TEXT})()") == "Welcome to Bea's site"
     finally:
         await context.close()

@@ -149,6 +149,7 @@ class Settings:
     # Previews
     astro_port: int = 4321
     node_binary: str = "node"
+    node_fetch: bool = True  # NODE_FETCH=0: never fetch a fitting Node from npm (preview.nodes)
     astro_start_timeout: float = 30.0
     preview_idle_minutes: float = 10.0
     max_previews: int = 4
@@ -218,6 +219,7 @@ class Settings:
             git_ssl_ca_info=Path(env["GIT_SSL_CAINFO"]) if env.get("GIT_SSL_CAINFO") else None,
             astro_port=int(_number(env, "ASTRO_PORT", cls.astro_port, int)),
             node_binary=env.get("NODE_BINARY") or cls.node_binary,
+            node_fetch=_bool(env, "NODE_FETCH", cls.node_fetch),
             astro_start_timeout=_number(env, "ASTRO_START_TIMEOUT", cls.astro_start_timeout),
             preview_idle_minutes=_number(env, "PREVIEW_IDLE_MINUTES", cls.preview_idle_minutes),
             max_previews=int(_number(env, "MAX_PREVIEWS", cls.max_previews, int)),

@@ -29,8 +29,9 @@ from edge.settings import Settings
 from preview.deps import DependencyStore
 from preview.locator import Locator
 from preview.logs import LogTail
+from preview.nodes import NodeFinder, fits, site_engines
 from preview.packages import detect, dev_script, is_plain_astro_dev
-from preview.node import AstroInstall, PreviewError, astro_install, check_engines, child_env, node_version, resolve_node
+from preview.node import AstroInstall, PreviewError, astro_install, check_engines, child_env
 from preview.ports import NoFreePort, PortPool
 from preview.process import ManagedProcess, spawn
 from preview.procs import group_members, rss_bytes
@@ -72,6 +73,7 @@ class Preview:
     process: ManagedProcess | None = None
     restarts: int = 0
     install: str = ""
+    node_binary: str = ""
     dev_command: str = ""  # what runs the dev server, in words (status and log)
     astro_version: str = ""
     node_version: str = ""
@@ -115,6 +117,14 @@ class Preview:
         )
 
 
+def _astro_engines(folder: Path) -> str | None:
+    """Astro's own engines.node, when the site's Astro is installed already."""
+    try:
+        return astro_install(folder).engines
+    except PreviewError:
+        return None
+
+
 def _target(port: int) -> URL:
     return URL.build(scheme="http", host="127.0.0.1", port=port)
 
@@ -128,6 +138,7 @@ class PreviewSupervisor:
         self.locator = locator
         self.ports = PortPool(settings.astro_port)
         self.deps = DependencyStore(settings)
+        self.nodes = NodeFinder(settings, self.deps.npm_cache)
         self.log_dir = settings.workspace_path / ".edge" / "logs"
         self.previews: dict[str, Preview] = {}
         self._client: aiohttp.ClientSession | None = None
@@ -295,6 +306,7 @@ class PreviewSupervisor:
             "restarts": preview.restarts,
             "astroVersion": preview.astro_version or None,
             "nodeVersion": preview.node_version or None,
+            "nodeBinary": preview.node_binary or None,
             "dependencies": preview.install or None,
             "packageManager": detect(preview.folder).label,
             "devCommand": preview.dev_command or None,
@@ -310,15 +322,20 @@ class PreviewSupervisor:
     async def _run(self, preview: Preview) -> None:
         try:
             await self._make_room(preview)
-            node = resolve_node(self.settings.node_binary)
-            version = await node_version(node)
-            preview.node_version = version
-
             def installing() -> None:
                 preview.set_state(PreviewState.INSTALLING)
 
+            node, version = await self.node_for(preview.folder, preview.log)
+            ranges = [r for r in (site_engines(preview.folder), _astro_engines(preview.folder)) if r]
             preview.install = await self.deps.ensure(preview.folder, node, version, preview.log, installing)
             astro = astro_install(preview.folder)
+            if astro.engines and astro.engines not in ranges and not fits(version, [astro.engines]):
+                # Astro arrived with the install and needs another Node: its major may need its own install.
+                node, version = await self.nodes.fitting([*ranges, astro.engines], preview.log)
+                preview.install = await self.deps.ensure(preview.folder, node, version, preview.log, installing)
+                astro = astro_install(preview.folder)
+            preview.node_version = version
+            preview.node_binary = node
             preview.astro_version = astro.version
             check_engines(astro, node, version)
             while True:
@@ -365,6 +382,11 @@ class PreviewSupervisor:
             finally:
                 await self._release(preview)
         raise PreviewError(f"no usable port after {PORT_ATTEMPTS} attempts")
+
+    async def node_for(self, folder: Path, log_tail: LogTail) -> tuple[str, str]:
+        """The Node the site asks for: its engines.node and, when Astro is installed already, Astro's minimum."""
+        ranges = [r for r in (site_engines(folder), _astro_engines(folder)) if r]
+        return await self.nodes.fitting(ranges, log_tail)
 
     async def _dev_command(self, preview: Preview, node: str, astro: AstroInstall, port: int) -> tuple[list[str], str]:
         """The site's own ``dev`` script through its package manager, else ``astro dev``; and how to say which."""

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 
 from edge import __version__
 from edge.settings import Settings, SettingsError
+
+
+def missing_prerequisites(*, need_npm: bool) -> list[str]:
+    """One line per missing program, saying what to install (before anything imports GitPython, which
+    fails with a traceback without git)."""
+    missing = []
+    if shutil.which("git") is None:
+        missing.append("git is not installed; install it (Debian: apt-get install git) and run this again")
+    if need_npm and shutil.which("npm") is None:
+        missing.append("npm is not installed; install Node.js with npm (Debian: apt-get install npm) and run this again")
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         from edge import doctor as doctor_command
 
         return doctor_command.main(Path(args.site) if args.site else None, sys.stdout)
+
+    missing = missing_prerequisites(need_npm=args.command == "demo")
+    if missing:
+        for message in missing:
+            print(f"edge: {message}", file=sys.stderr)
+        return 2
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

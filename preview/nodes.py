@@ -96,7 +96,7 @@ class NodeFinder:
             return configured, version
         wanted = " and ".join(ranges)
         async with self._lock:
-            cached = self._cached()
+            cached = self.cached()
             pick = choose(list(cached), ranges)
             if pick is None:
                 pick = choose(await self._versions(configured), ranges)
@@ -111,7 +111,8 @@ class NodeFinder:
         log.info("Node %s for a site that needs %s (NODE_BINARY is v%s)", pick, wanted, version)
         return node, await node_version(node)
 
-    def _cached(self) -> dict[str, Path]:
+    def cached(self) -> dict[str, Path]:
+        """Version → binary of every Node fetched before."""
         found: dict[str, Path] = {}
         if self.root.is_dir():
             for folder in self.root.iterdir():

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--port", type=int, help="port to listen on (PORT, default 8080)")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     demo.add_argument("--site", help="the Astro site to start from (default examples/site)")
+    demo.add_argument("--verbose", action="store_true", help="print the proxy log here (default: <workspace>/proxy.log)")
     doctor = commands.add_parser("doctor", help="check git, Node, npm, the workspace and the configuration")
     doctor.add_argument("--site", help="also check Node against this Astro site's node_modules/astro")
     args = parser.parse_args(argv)
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         site = Path(args.site) if args.site else demo_command.EXAMPLE_SITE
         workspace = Path(args.workspace)
         try:
-            return demo_command.main(workspace, site, demo_command.demo_settings(settings, workspace.absolute(), args.host, args.port or settings.port))
+            demo = demo_command.demo_settings(settings, workspace.absolute(), args.host, args.port or settings.port)
+            return demo_command.main(workspace, site, demo, verbose=args.verbose)
         except (SettingsError, OSError) as exc:  # an open API beyond loopback, a port in use
             print(f"edge demo: {exc}", file=sys.stderr)
             return 2

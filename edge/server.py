@@ -93,12 +93,12 @@ async def start_edge(settings: Settings, *, proxy_log: ProxyLog | None = None) -
     return RunningEdge(runner, site)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, proxy_log: ProxyLog | None = None) -> None:
     """Serve until SIGTERM, SIGINT or ``keys.STOP`` (idle auto-shutdown), then stop in order.
 
     A second signal while stopping exits at once (128 + the signal's number).
     """
-    edge = await start_edge(settings)
+    edge = await start_edge(settings, proxy_log=proxy_log)
     # Everything made while starting lives as long as the process: keep it out
     # of the garbage collector's full passes, which otherwise walk it again and again.
     gc.freeze()

@@ -129,7 +129,7 @@ async def proxy_session(request: web.Request, found: Match, upgrade: bool) -> we
         flow.finish()
         table.touch(found.session_id)
         request.app[keys.PROXY_LOG].flow_done(flow)
-        metrics.flow_done(request.app, flow)
+        metrics.flow_done(request.app, flow, request)  # a WebSocket is counted with the status its log line has
 
 
 def _unavailable(request: web.Request, route: Route) -> web.StreamResponse | None:

@@ -283,6 +283,10 @@ class PreviewSupervisor:
         preview.last_request = time.monotonic()
         return preview.route()
 
+    def running(self) -> int:
+        """How many dev servers run (starting or ready): what /health calls previewsRunning."""
+        return sum(1 for preview in self.previews.values() if preview.process is not None and preview.process.returncode is None)
+
     def counts(self) -> dict[str, int]:
         """How many previews are in each state (for /health)."""
         counts = {state.value: 0 for state in PreviewState}

@@ -78,3 +78,10 @@ async def test_a_pnpm_site_installs_with_pnpm_and_runs_its_own_dev_script(previe
     assert headers["X-Edge-Session"] == thread.session_id
     status, text, _ = await edge.get(f"/session/{thread.session_id}/")
     assert status == 200 and "Welcome to Amelia's site" in text
+
+    # /health counts this dev server (npm, sh and node under the package manager are one preview).
+    status, health, _ = await edge.get("/health")
+    assert json.loads(health)["previewsRunning"] == 1
+    status, _ = await edge.api("POST", "stop", thread)
+    status, health, _ = await edge.get("/health")
+    assert json.loads(health)["previewsRunning"] == 0

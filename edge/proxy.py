@@ -26,7 +26,6 @@ from edge.routing import (
     MatchKind,
     Redirect,
     Route,
-    RouteState,
     cookie_session,
     is_navigation,
     match_prefix,

@@ -20,11 +20,11 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import nodesemver
 
-from edge.settings import Settings
 from preview.logs import LogTail
 from preview.node import PreviewError, child_env, node_version, npm_argv, resolve_node
 from preview.process import run_to_end
@@ -81,7 +81,7 @@ def site_engines(folder: Path) -> str | None:
 class NodeFinder:
     """Finds, and fetches when needed, a Node binary that satisfies a set of ranges."""
 
-    def __init__(self, settings: Settings, npm_cache: Path) -> None:
+    def __init__(self, settings: Any, npm_cache: Path) -> None:  # edge.settings.Settings (preview/ does not import edge/)
         self.settings = settings
         self.root = settings.workspace_path / ".edge" / "node"
         self.npm_cache = npm_cache

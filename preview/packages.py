@@ -24,8 +24,8 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from edge.settings import Settings
 from preview.logs import LogTail
 from preview.node import PreviewError, child_env, npm_argv
 from preview.process import run_to_end
@@ -126,7 +126,7 @@ def is_plain_astro_dev(script: str | None) -> bool:
 class Tools:
     """pnpm and yarn, installed with npm once per version into ``WORKSPACE_PATH/.edge/tools``."""
 
-    def __init__(self, settings: Settings, npm_cache: Path) -> None:
+    def __init__(self, settings: Any, npm_cache: Path) -> None:  # edge.settings.Settings (preview/ does not import edge/)
         self.settings = settings
         self.root = settings.workspace_path / ".edge" / "tools"
         self.npm_cache = npm_cache

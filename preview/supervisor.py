@@ -336,7 +336,8 @@ class PreviewSupervisor:
             if astro.engines and astro.engines not in ranges and not fits(version, [astro.engines]):
                 # Astro arrived with the install and needs another Node: its major may need its own install.
                 node, version = await self.nodes.fitting([*ranges, astro.engines], preview.log)
-                preview.install = await self.deps.ensure(preview.folder, node, version, preview.log, installing)
+                again = await self.deps.ensure(preview.folder, node, version, preview.log, installing)
+                preview.install = preview.install if again == "present" else again
                 astro = astro_install(preview.folder)
             preview.node_version = version
             preview.node_binary = node

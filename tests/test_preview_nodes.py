@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from preview.nodes import choose, fits
+from tests.fixtures_astro import CACHE, require
 
 VERSIONS = ["18.20.8", "20.19.0", "20.20.2", "21.7.3", "22.11.0", "22.12.0", "22.23.5", "23.1.0", "24.0.0-rc.1", "24.2.0"]
 
@@ -71,3 +72,23 @@ async def test_astro7_gets_the_node_its_engines_ask_for(preview_edge, make_threa
     # The same fetched Node serves the next thread without asking npm again.
     status, again = await edge.api("POST", "restart", thread, wait="300")
     assert status == 200 and again["nodeBinary"] == body["nodeBinary"]
+
+
+@pytest.mark.astro
+async def test_a_fresh_debian_with_its_node18_reaches_a_live_preview(preview_edge, make_thread):
+    """Debian bookworm's Node 18.20.4 installs the site, but Astro 5.18 needs 18.20.8, ^20.3 or >=22."""
+    node18 = CACHE / "bin" / "node18"
+    require(node18.exists(), "Node 18.20.4 (Debian's version) is not installed in .cache")
+    thread = make_thread("t1")
+    shutil.rmtree(thread.path / "node_modules")  # a first start: the install runs on Debian's Node
+    edge = await preview_edge(node_binary=str(node18))
+
+    status, body = await edge.api("POST", "start", thread, wait="400")
+
+    assert status == 200, body
+    assert body["dependencies"] == "installed"
+    assert body["nodeVersion"] == "18.20.8", body  # the closest Node that fits: the newest 18
+    log = "\n".join(edge.supervisor.log_lines(thread.session_id, 400))
+    assert "Node v18.20.4" in log and "does not satisfy 18.20.8 || ^20.3.0 || >=22.0.0" in log
+    code, page, _ = await edge.get(f"/session/{thread.session_id}/")
+    assert code == 200 and "Welcome to Amelia" in page

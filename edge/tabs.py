@@ -144,22 +144,29 @@ self.addEventListener("fetch", (event) => {
   const url = new URL(event.request.url);
   if (url.origin !== self.location.origin) return;
   if (event.request.mode === "navigate") {
-    event.respondWith(navigate(event, url));
+    onNavigate(event, url);
   } else if (!isEdgePath(url.pathname)) {
     event.respondWith(subresource(event, url));
   }
 });
 
-async function navigate(event, url) {
+function onNavigate(event, url) {
   const request = event.request;
-  if (!isEdgePath(url.pathname)) {
-    const session = sessionOf(request.referrer);
-    if (session) {
-      event.waitUntil(Promise.resolve(event.preloadResponse).catch(() => {}));
-      const location = `/session/${session}${url.pathname}${url.search}`;
-      return new Response(null, { status: 307, headers: { Location: location, "X-Edge-Session": session } });
-    }
-  }
+  const session = isEdgePath(url.pathname) ? null : sessionOf(request.referrer);
+  if (session) {
+    // A root-absolute link from a page of a session: into that session.
+    event.waitUntil(Promise.resolve(event.preloadResponse).catch(() => {}));
+    const location = `/session/${session}${url.pathname}${url.search}`;
+    event.respondWith(new Response(null, { status: 307, headers: { Location: location, "X-Edge-Session": session } }));
+  } else if (self.registration.navigationPreload) {
+    event.respondWith(navigate(event));  // the preload request is the navigation, as the browser made it
+  } else if (sessionOf(url.href)) {
+    event.respondWith(navigate(event));  // marked, so the edge does not bootstrap again
+  } // anything else: the browser navigates by itself
+}
+
+async function navigate(event) {
+  const request = event.request;
   const preloaded = await event.preloadResponse;
   if (preloaded) return preloaded;
   // No navigation preload: forward it ourselves, marked, so the edge knows a worker is in charge.

@@ -7,8 +7,9 @@ or npm's output (the full log is on the operator page). The page asks
 loads the preview once it is ready: no self-reloads into 503s, so nothing is
 logged to the browser's console while it waits. A failed start says what to do.
 
-Browser navigations (``Sec-Fetch-Mode: navigate``) get this page with status
-200 (Chromium logs every 5xx document as a console error); every other client
+Browser navigations (``Sec-Fetch-Mode: navigate``, or over plain http
+``Upgrade-Insecure-Requests: 1``) get this page with status 200 (Chromium
+logs every 5xx document as a console error); every other client
 still gets 503 with ``Retry-After`` (502 when the start failed) and the JSON
 or HTML answer of :mod:`edge.errors`.
 """
@@ -73,13 +74,22 @@ def failure_advice(app: web.Application, session_id: str, route: Route) -> tuple
     )
 
 
+def is_browser_navigation(request: web.Request) -> bool:
+    """A browser loading a page: Fetch Metadata says so (secure contexts), or, over plain http where
+    browsers send none, ``Upgrade-Insecure-Requests: 1`` with an HTML ``Accept`` (curl sends neither)."""
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode == "navigate"
+    return request.headers.get("Upgrade-Insecure-Requests") == "1" and "text/html" in request.headers.get("Accept", "")
+
+
 def unavailable(request: web.Request, route: Route) -> web.StreamResponse | None:
     """The answer for a session whose preview cannot take requests yet (None when it can)."""
     starting = route.state is RouteState.STARTING or (route.state is RouteState.READY and route.target is None)
     failed = route.state is RouteState.FAILED
     if not starting and not failed:
         return None
-    if request.headers.get("Sec-Fetch-Mode") == "navigate" and request.method in ("GET", "HEAD"):
+    if is_browser_navigation(request) and request.method in ("GET", "HEAD"):
         return _page(request, route)
     if failed:
         return error_response(

@@ -17,7 +17,7 @@ from control.previews import RegistryLocator
 from control.sessions import REGISTRY
 from control.threads import THREADS
 from control.workspaces import WORKSPACES
-from edge import apilog, auth, fastpath, health, idle, keys, metrics, operator, proxy, routes_api, stopping, workers
+from edge import apilog, auth, fastpath, health, idle, keys, metrics, operator, proxy, routes_api, startpage, stopping, tabs, workers
 from edge.errors import error_response
 from edge.framing import reject_ambiguous_framing
 from edge.classify import DECISION, Refusal, classify
@@ -139,5 +139,7 @@ def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None =
     if settings.workers > 1 and settings.fast_path and settings.flow_log is None:
         workers.setup(app, settings.workers)  # more processes on the port (edge.server starts them)
     stopping.setup_drain(app)  # last cleanup_ctx: running work ends before dev servers stop
+    startpage.setup(app)  # /session/_edge/status/<id>: what the waiting page polls
+    tabs.setup(app)  # the tab worker that keeps each browser tab on its own session (prefix mode)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

@@ -29,6 +29,7 @@ from typing import TextIO
 
 import aiohttp
 
+from edge.proxylog import ProxyLog
 from edge.settings import Settings
 
 EXAMPLE_SITE = Path(__file__).resolve().parents[1] / "examples" / "site"
@@ -127,7 +128,7 @@ async def _listening(client: aiohttp.ClientSession, settings: Settings, server: 
     return False
 
 
-async def _set_up(settings: Settings, repo_url: str, server: asyncio.Task, out: TextIO) -> int:
+async def _set_up(settings: Settings, repo_url: str, server: asyncio.Task, out: TextIO, log_path: Path | None = None) -> int:
     """Init the demo thread, start its preview, print the URLs; 0, or 1 after printing why not."""
     thread = f"{CLIENT_ID}/{USER_ID}/{THREAD_ID}"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
@@ -153,7 +154,8 @@ async def _set_up(settings: Settings, repo_url: str, server: asyncio.Task, out: 
             f"  worktree         {init['workspacePath']}\n\n"
             f"  Preview:         {origin}/session/{session}/\n"
             f"  Host mode:       http://{session}.localhost:{settings.port}/\n"
-            f"  Operator page:   {origin}/_edge/\n\n"
+            f"  Operator page:   {origin}/_edge/\n"
+            f"  Proxy log:       {log_path or 'printed here (--verbose)'}\n\n"
             "  Make an edit (the simulation executor: no model, no credentials) and watch the preview change:\n"
             f"  {execute_curl(origin, settings.api_token is not None)}\n",
             file=out,
@@ -184,13 +186,26 @@ async def _report_preview(api: DemoClient, thread: str, server: asyncio.Task, ou
     return 0
 
 
-async def run_demo(settings: Settings, repo_url: str, out: TextIO = sys.stdout) -> int:
+def demo_proxy_log(settings: Settings, verbose: bool) -> tuple[ProxyLog, Path | None]:
+    """The proxy's JSON lines: in ``<demo>/proxy.log``, so the banner stays readable; on stdout with ``--verbose``."""
+    from edge.app import proxy_log_for
+    from edge.proxylog import JsonLines
+
+    if verbose:
+        return proxy_log_for(settings), None
+    path = settings.workspace_path.parent / "proxy.log"
+    stream = path.open("a", encoding="utf-8")
+    return ProxyLog([JsonLines(stream)]), path
+
+
+async def run_demo(settings: Settings, repo_url: str, out: TextIO = sys.stdout, *, verbose: bool = False) -> int:
     """Serve the edge (``edge serve``'s stop handling) and set up the demo thread once it listens."""
     from edge.server import serve
 
-    server = asyncio.create_task(serve(settings), name="edge")
+    proxy_log, log_path = demo_proxy_log(settings, verbose)
+    server = asyncio.create_task(serve(settings, proxy_log=proxy_log), name="edge")
     try:
-        code = await _set_up(settings, repo_url, server, out)
+        code = await _set_up(settings, repo_url, server, out, log_path)
     except aiohttp.ClientError as exc:
         if not server.done():
             print(f"edge demo: talking to the edge failed: {exc}", file=sys.stderr)
@@ -204,7 +219,7 @@ async def run_demo(settings: Settings, repo_url: str, out: TextIO = sys.stdout) 
     return code
 
 
-def main(workspace: Path, site: Path, settings: Settings) -> int:
+def main(workspace: Path, site: Path, settings: Settings, verbose: bool = False) -> int:
     """``edge demo``: prepare the workspace and its local remote, then serve until stopped."""
     if not (site / "package.json").is_file():
         print(f"edge demo: {site} is not an npm project (no package.json)", file=sys.stderr)
@@ -217,4 +232,4 @@ def main(workspace: Path, site: Path, settings: Settings) -> int:
     except (OSError, RuntimeError) as exc:
         print(f"edge demo: could not make the local repository: {exc}", file=sys.stderr)
         return 1
-    return asyncio.run(run_demo(settings, f"file://{bare}"))
+    return asyncio.run(run_demo(settings, f"file://{bare}", verbose=verbose))

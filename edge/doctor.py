@@ -23,7 +23,8 @@ import nodesemver
 
 from edge.auth import is_loopback
 from edge.settings import Settings, SettingsError
-from preview.node import PreviewError, astro_install, check_engines, node_version, npm_argv, resolve_node
+from preview.node import AstroInstall, PreviewError, astro_install, node_version, npm_argv, resolve_node
+from preview.nodes import NodeFinder, choose, fits, node_package, site_engines
 
 # Kept identical to entrypoint.sh's TOKEN_SHAPE (tests/test_shipping.py checks both agree).
 GITHUB_TOKEN_SHAPE = re.compile(r"^(gh[pousr]_[A-Za-z0-9]{30,251}|github_pat_[A-Za-z0-9_]{30,244}|[0-9a-f]{40})$")
@@ -96,14 +97,29 @@ def check_node(settings: Settings, site: Path | None) -> tuple[list[Check], str 
         astro = astro_install(site)
     except PreviewError as exc:
         checks.append(Check("astro", WARN, f"{site}: {exc}", "run `npm ci` in the site, or let the edge install it"))
-        return checks, node
-    try:
-        check_engines(astro, node, version)
-    except PreviewError as exc:
-        checks.append(Check("astro", FAIL, str(exc), "or use an Astro version whose engines.node allows this Node"))
-        return checks, node
-    checks.append(Check("astro", OK, f"Astro {astro.version} (node {astro.engines or 'any'}) runs on v{version}"))
+        astro = None
+    if astro is not None:
+        checks.append(Check("astro", OK, f"Astro {astro.version} needs Node {astro.engines or 'any'}"))
+    checks.append(check_site_node(settings, site, astro, node, version))
     return checks, node
+
+
+def check_site_node(settings: Settings, site: Path, astro: AstroInstall | None, node: str, version: str) -> Check:
+    """Which Node the edge gives this site (preview.nodes): NODE_BINARY, a cached one, or one it will fetch."""
+    ranges = [r for r in (site_engines(site), astro.engines if astro else None) if r]
+    wanted = " and ".join(ranges) or "any version"
+    if fits(version, ranges):
+        return Check("site node", OK, f"the site gets NODE_BINARY v{version} (it asks for {wanted})")
+    if not settings.node_fetch:
+        return Check("site node", FAIL, f"the site asks for Node {wanted}, but NODE_BINARY ({node}) is v{version} and NODE_FETCH=0",
+                     f"set NODE_BINARY to a Node.js that satisfies {wanted}, or NODE_FETCH=1")
+    finder = NodeFinder(settings, settings.npm_cache_dir or settings.workspace_path / ".npm-cache")
+    cached = finder.cached()
+    pick = choose(list(cached), ranges)
+    if pick is not None:
+        return Check("site node", OK, f"the site gets Node {pick} from {cached[pick]} (NODE_BINARY v{version} does not satisfy {wanted})")
+    return Check("site node", OK, f"NODE_BINARY v{version} does not satisfy {wanted}: the edge fetches a Node that does "
+                 f"from npm ({node_package()}) into {finder.root} on the site's first start")
 
 
 def check_npm(node: str | None) -> Check:

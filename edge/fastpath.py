@@ -44,7 +44,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from edge import exchange as exchanges
-from edge import keys, metrics, viteguard
+from edge import keys, metrics, tabs, viteguard
 from edge.classify import classify
 from edge.errors import raw_error, response_head
 from edge.flow import ProxyFlow, UpstreamError
@@ -146,7 +146,9 @@ class FastPath:
             if name in headers:
                 return None
         found = classify(raw_path, "GET", headers, self.hosts, upgrade=False)
-        if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path):
+        if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path) or tabs.needs_bootstrap(
+            found, headers, self.settings.tab_isolation
+        ):
             return None
         route = self.table.get(found.session_id)
         if route is None or route.state is not RouteState.READY or route.target is None:

@@ -7,7 +7,6 @@ import time
 from aiohttp import web
 
 from edge import __version__, keys, reserved
-from edge.routing import RouteState
 from edge.websocket import SOCKETS
 
 # The probe paths (from edge.reserved): answered for any Host, not counted as activity.
@@ -26,7 +25,7 @@ async def health(request: web.Request) -> web.Response:
             "version": __version__,
             "uptimeSeconds": round(time.monotonic() - app[keys.STARTED_AT], 1),
             "sessions": len(routes),
-            "previewsRunning": sum(1 for r in routes if r.state is RouteState.READY and r.target is not None),
+            "previewsRunning": 0,  # the preview supervisor's field replaces it: dev servers, not routes
             "websockets": app[SOCKETS].count(),
             **{name: field() for name, field in app.get(HEALTH_FIELDS, {}).items()},
         }

@@ -112,6 +112,7 @@ class EdgeMetrics:
 
 
 METRICS = web.AppKey("metrics", EdgeMetrics)
+FLOW_STATUS = web.RequestKey("flow_status", int)  # on a request: the status its WebSocket flow logged
 SCRAPE_HOOKS = web.AppKey("metrics_scrape_hooks", list)
 
 
@@ -140,7 +141,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
     finally:
         metrics = request.app.get(METRICS)
         if metrics is not None:
-            metrics.request_done(route_class(request), status)
+            metrics.request_done(route_class(request), request.get(FLOW_STATUS, status))
 
 
 def mark_proxied(request: web.Request) -> None:
@@ -173,10 +174,14 @@ def upstream_head(app: web.Application, flow: ProxyFlow) -> None:
         metrics.upstream_latency.observe(time.time() - flow.started)
 
 
-def flow_done(app: web.Application, flow: ProxyFlow) -> None:
+def flow_done(app: web.Application, flow: ProxyFlow, request: web.Request | None = None) -> None:
+    """A proxied exchange ended. A WebSocket's request is then counted with the log's status (see
+    :func:`count_requests`): a browser that vanishes mid-relay cancels the handler, yet the socket was a 101."""
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.flow_done(flow)
+    if request is not None and flow.websocket and flow.status:
+        request[FLOW_STATUS] = flow.status
 
 
 def observe_execution(app: web.Application, mode: str, ok: bool, seconds: float) -> None:

@@ -15,13 +15,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from edge import exchange, keys, metrics, viteguard
+from edge import exchange, keys, metrics, startpage, tabs, viteguard
 from edge.auth import cross_site_upgrade
 from edge.errors import error_response
 from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, client_response_headers, make_peer, upstream_request_headers
 from edge.classify import DECISION, Own, Refusal, classify
-from edge.routing import Match, Redirect, Route, RouteState
+from edge.routing import Match, Redirect, Route
 from edge.websocket import is_upgrade, relay_websocket
 
 # Upstream bodies up to this size (with a Content-Length) are read whole and sent with the head in one write.
@@ -41,6 +41,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if found is None:  # not through the host_policy middleware
         found = classify(request.raw_path, request.method, request.headers, request.app[keys.HOSTS], upgrade=upgrade)
     if isinstance(found, Match):
+        if tabs.needs_bootstrap(found, request.headers, request.app[keys.SETTINGS].tab_isolation):
+            return tabs.bootstrap_response(found)  # per-tab sessions: a first navigation installs the tab worker
         return await proxy_session(request, found, upgrade)
     if isinstance(found, Redirect):
         return redirect(found.location)
@@ -91,29 +93,11 @@ async def proxy_session(request: web.Request, found: Match, upgrade: bool) -> we
         return await forward_http(request, found, route, peer, flow)
     finally:
         exchange.end(table, request.app[keys.PROXY_LOG], flow)
-        metrics.flow_done(request.app, flow)
+        metrics.flow_done(request.app, flow, request)  # a WebSocket is counted with the status its log line has
 
 
 def _unavailable(request: web.Request, route: Route) -> web.StreamResponse | None:
-    if route.state is RouteState.STARTING or (route.state is RouteState.READY and route.target is None):
-        return error_response(
-            request,
-            503,
-            "The preview is starting.",
-            "This page reloads by itself when it is ready.",
-            retry_after=route.retry_after,
-            refresh=True,
-            extra={"state": route.state.value, "log": route.detail} if route.detail else {"state": route.state.value},
-        )
-    if route.state is RouteState.FAILED:
-        return error_response(
-            request,
-            502,
-            "The preview failed to start.",
-            "Fix the error shown below, then restart the preview.",
-            extra={"state": route.state.value, "log": route.detail},
-        )
-    return None
+    return startpage.unavailable(request, route)  # the waiting page for site owners, 503/502 for machines
 
 
 async def forward_http(request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow) -> web.StreamResponse:

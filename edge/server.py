@@ -115,14 +115,14 @@ def make_undumpable() -> bool:
         return False
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, proxy_log: ProxyLog | None = None) -> None:
     """Serve until SIGTERM, SIGINT or ``keys.STOP`` (idle auto-shutdown), then stop in order.
 
     A second signal while stopping exits at once (128 + the signal's number).
     """
     if not make_undumpable():
         log.warning("could not make the edge process non-dumpable (prctl): same-uid processes may read its environment")
-    edge = await start_edge(settings)
+    edge = await start_edge(settings, proxy_log=proxy_log)
     # Everything made while starting lives as long as the process: keep it out
     # of the garbage collector's full passes, which otherwise walk it again and again.
     gc.freeze()

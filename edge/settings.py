@@ -140,6 +140,7 @@ class Settings:
     max_connections_per_client: int = 64  # EDGE_MAX_CONNECTIONS_PER_CLIENT (edge.limits)
     body_timeout: float = 20.0  # EDGE_BODY_TIMEOUT: seconds a request body may send nothing
     fast_path: bool = True  # EDGE_FAST_PATH=0: every request through aiohttp's server and client (edge.fastpath)
+    tab_isolation: bool = True  # EDGE_TAB_ISOLATION=0: no tab worker; prefix mode routes root paths by cookie only (edge.tabs)
     workers: int = 1  # EDGE_WORKERS: processes serving the port (edge.workers); more than 1 puts the fast path on more cores
     flow_log: Path | None = None
     api_token: str | None = field(default=None, repr=False)
@@ -170,6 +171,7 @@ class Settings:
     # Previews
     astro_port: int = 4321
     node_binary: str = "node"
+    node_fetch: bool = True  # NODE_FETCH=0: never fetch a fitting Node from npm (preview.nodes)
     astro_start_timeout: float = 30.0
     preview_idle_minutes: float = 10.0
     max_previews: int = 4
@@ -225,6 +227,7 @@ class Settings:
             ),
             body_timeout=_number(env, "EDGE_BODY_TIMEOUT", cls.body_timeout),
             fast_path=_bool(env, "EDGE_FAST_PATH", cls.fast_path),
+            tab_isolation=_bool(env, "EDGE_TAB_ISOLATION", cls.tab_isolation),
             workers=_workers(env),
             flow_log=Path(flow_log) if flow_log else None,
             api_token=env.get("EDGE_API_TOKEN") or None,
@@ -250,6 +253,7 @@ class Settings:
             git_ssl_ca_info=Path(env["GIT_SSL_CAINFO"]) if env.get("GIT_SSL_CAINFO") else None,
             astro_port=int(_number(env, "ASTRO_PORT", cls.astro_port, int)),
             node_binary=env.get("NODE_BINARY") or cls.node_binary,
+            node_fetch=_bool(env, "NODE_FETCH", cls.node_fetch),
             astro_start_timeout=_number(env, "ASTRO_START_TIMEOUT", cls.astro_start_timeout),
             preview_idle_minutes=_number(env, "PREVIEW_IDLE_MINUTES", cls.preview_idle_minutes),
             max_previews=int(_number(env, "MAX_PREVIEWS", cls.max_previews, int)),

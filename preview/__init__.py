@@ -46,6 +46,8 @@ def setup(app: web.Application, locator: Locator) -> PreviewSupervisor:
     app[PREVIEWS] = supervisor
     app[keys.SESSIONS].provider = supervisor.provide
     app.cleanup_ctx.append(_supervisor_ctx)
-    app.setdefault(HEALTH_FIELDS, {})["previews"] = supervisor.counts
+    fields = app.setdefault(HEALTH_FIELDS, {})
+    fields["previewsRunning"] = supervisor.running  # dev servers, never routes added through the API
+    fields["previews"] = supervisor.counts
     api.setup(app)
     return supervisor

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from preview.logs import LogTail
-from preview.node import PreviewError, astro_install, check_engines, child_env, node_version, resolve_node
+from preview.node import PreviewError, astro_install, check_engines, child_env
 from preview.process import run_to_end
 from preview.supervisor import PreviewSupervisor
 
@@ -33,8 +33,7 @@ async def build_site(supervisor: PreviewSupervisor, session_id: str, folder: Pat
     log = LogTail(supervisor.log_dir / f"{session_id}.build.log", max_lines=2000)
     started = time.monotonic()
     try:
-        node = resolve_node(supervisor.settings.node_binary)
-        version = await node_version(node)
+        node, version = await supervisor.node_for(folder, log)
         await supervisor.deps.ensure(folder, node, version, log, lambda: None)
         astro = astro_install(folder)
         check_engines(astro, node, version)

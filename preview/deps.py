@@ -29,7 +29,8 @@ import anyio
 
 from edge.settings import Settings
 from preview.logs import LogTail
-from preview.node import PreviewError, child_env, npm_argv
+from preview.node import PreviewError, child_env
+from preview.packages import CONFIG_FILES, Tools, detect
 from preview.process import run_to_end
 
 log = logging.getLogger("preview.deps")
@@ -41,16 +42,21 @@ GIT_EXCLUDES = ("/node_modules", "/.astro")
 
 
 def store_key(folder: Path, node_version: str) -> str | None:
-    """Which installed tree fits this thread: the lockfile (or package.json) and Node's major version."""
+    """Which installed tree fits this thread: the lockfile (or package.json), its package manager and
+    configuration, and Node's major version."""
     package = folder / "package.json"
     if not package.is_file():
         return None
-    lock = folder / "package-lock.json"
+    manager = detect(folder)
+    lock = folder / manager.lockfile if manager.lockfile else None
     digest = hashlib.sha256()
-    digest.update((lock if lock.is_file() else package).read_bytes())
-    npmrc = folder / ".npmrc"
-    if npmrc.is_file():
-        digest.update(b"\0npmrc\0" + npmrc.read_bytes())
+    digest.update((lock if lock is not None else package).read_bytes())
+    if manager.name != "npm":
+        digest.update(b"\0manager\0" + manager.label.encode())
+    for name in CONFIG_FILES:
+        config = folder / name
+        if config.is_file():
+            digest.update(b"\0" + name.encode() + b"\0" + config.read_bytes())
     digest.update(b"\0node" + node_version.split(".", 1)[0].encode())
     return digest.hexdigest()[:20]
 
@@ -151,6 +157,7 @@ class DependencyStore:
         self.settings = settings
         self.root = settings.workspace_path / ".node_modules"
         self.npm_cache = settings.npm_cache_dir or settings.workspace_path / ".npm-cache"
+        self.tools = Tools(settings, self.npm_cache)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._refills: dict[str, asyncio.Task] = {}
         self.installs = 0  # npm runs so far (the benchmark and tests read it)
@@ -215,17 +222,16 @@ class DependencyStore:
         self._refills[key] = asyncio.ensure_future(link())
 
     async def _install(self, folder: Path, store: Path, node: str, log: LogTail) -> None:
-        lock = folder / "package-lock.json"
-        command = "ci" if lock.is_file() else "install"
+        manager = detect(folder)
         partial = store.with_name(f"{store.name}.tmp-{uuid.uuid4().hex[:8]}")
         partial.mkdir(parents=True)
         try:
             (partial / "package.json").write_bytes(_store_package_json(folder))
-            if lock.is_file():
-                shutil.copyfile(lock, partial / "package-lock.json")
-            if (folder / ".npmrc").is_file():
-                shutil.copyfile(folder / ".npmrc", partial / ".npmrc")
+            for name in (manager.lockfile, *CONFIG_FILES):
+                if name and (folder / name).is_file():
+                    shutil.copyfile(folder / name, partial / name)
             self.npm_cache.mkdir(parents=True, exist_ok=True)
+            tool = await self.tools.argv(manager, node, log)
             env = child_env(
                 self.settings,
                 node,
@@ -235,15 +241,20 @@ class DependencyStore:
                     "npm_config_update_notifier": "false",
                     "npm_config_fund": "false",
                     "npm_config_audit": "false",
+                    "YARN_CACHE_FOLDER": str(self.npm_cache / "yarn"),
+                    "YARN_NODE_LINKER": "node-modules",  # Yarn 2+: a node_modules Astro and Vite can read
+                    "YARN_ENABLE_TELEMETRY": "0",
+                    "COREPACK_ENABLE_STRICT": "0",
                 },
             )
-            argv = [*npm_argv(node), command, "--no-audit", "--no-fund", "--no-progress"]
-            log.event(f"installing dependencies: npm {command} (shared npm cache {self.npm_cache})")
+            argv = [*tool, *manager.install_args(self.settings.workspace_path / ".pnpm-store")]
+            why = f"from {manager.lockfile}" if manager.lockfile else "without a lock file"
+            log.event(f"installing dependencies with {manager.label} {why}: {manager.name} {' '.join(argv[len(tool):len(tool) + 2])}")
             self.installs += 1
             code = await run_to_end(argv, cwd=partial, env=env, log=log, timeout=INSTALL_TIMEOUT)
             if code != 0:
                 reason = "timed out" if code is None else f"exited with {code}"
-                raise PreviewError(f"npm {command} {reason}; see the log above")
+                raise PreviewError(f"{manager.name} {argv[len(tool)]} {reason}; see the log above")
             if not (partial / "node_modules").is_dir():
                 (partial / "node_modules").mkdir()
             try:

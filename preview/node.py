@@ -106,7 +106,8 @@ def check_engines(astro: AstroInstall, node: str, version: str) -> None:
     if not ok:
         raise PreviewError(
             f"Astro {astro.version} needs Node {astro.engines}, but NODE_BINARY ({node}) is v{version}. "
-            f"Set NODE_BINARY to a Node.js that satisfies {astro.engines}."
+            f"Set NODE_BINARY to a Node.js that satisfies {astro.engines}"
+            f" (or leave NODE_FETCH on, and the edge fetches one from npm)."
         )
 
 

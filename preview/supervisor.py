@@ -29,7 +29,9 @@ from edge.settings import Settings
 from preview.deps import DependencyStore
 from preview.locator import Locator
 from preview.logs import LogTail
-from preview.node import AstroInstall, PreviewError, astro_install, check_engines, child_env, node_version, resolve_node
+from preview.nodes import NodeFinder, fits, site_engines
+from preview.packages import detect, dev_script, is_plain_astro_dev
+from preview.node import AstroInstall, PreviewError, astro_install, check_engines, child_env
 from preview.ports import NoFreePort, PortPool
 from preview.process import ManagedProcess, spawn
 from preview.procs import group_members, rss_bytes
@@ -71,6 +73,8 @@ class Preview:
     process: ManagedProcess | None = None
     restarts: int = 0
     install: str = ""
+    node_binary: str = ""
+    dev_command: str = ""  # what runs the dev server, in words (status and log)
     astro_version: str = ""
     node_version: str = ""
     started_at: float | None = None  # wall clock, for status
@@ -113,6 +117,14 @@ class Preview:
         )
 
 
+def _astro_engines(folder: Path) -> str | None:
+    """Astro's own engines.node, when the site's Astro is installed already."""
+    try:
+        return astro_install(folder).engines
+    except PreviewError:
+        return None
+
+
 def _target(port: int) -> URL:
     return URL.build(scheme="http", host="127.0.0.1", port=port)
 
@@ -126,6 +138,7 @@ class PreviewSupervisor:
         self.locator = locator
         self.ports = PortPool(settings.astro_port)
         self.deps = DependencyStore(settings)
+        self.nodes = NodeFinder(settings, self.deps.npm_cache)
         self.log_dir = settings.workspace_path / ".edge" / "logs"
         self.previews: dict[str, Preview] = {}
         self._client: aiohttp.ClientSession | None = None
@@ -270,6 +283,10 @@ class PreviewSupervisor:
         preview.last_request = time.monotonic()
         return preview.route()
 
+    def running(self) -> int:
+        """How many dev servers run (starting or ready): what /health calls previewsRunning."""
+        return sum(1 for preview in self.previews.values() if preview.process is not None and preview.process.returncode is None)
+
     def counts(self) -> dict[str, int]:
         """How many previews are in each state (for /health)."""
         counts = {state.value: 0 for state in PreviewState}
@@ -293,7 +310,10 @@ class PreviewSupervisor:
             "restarts": preview.restarts,
             "astroVersion": preview.astro_version or None,
             "nodeVersion": preview.node_version or None,
+            "nodeBinary": preview.node_binary or None,
             "dependencies": preview.install or None,
+            "packageManager": detect(preview.folder).label,
+            "devCommand": preview.dev_command or None,
             "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(preview.started_at)) if preview.started_at else None,
             "readySeconds": round(preview.ready_at - preview.start_clock, 2) if preview.ready_at >= preview.start_clock > 0 else None,
             "idleSeconds": round(time.monotonic() - self._last_used(preview), 1),
@@ -306,15 +326,21 @@ class PreviewSupervisor:
     async def _run(self, preview: Preview) -> None:
         try:
             await self._make_room(preview)
-            node = resolve_node(self.settings.node_binary)
-            version = await node_version(node)
-            preview.node_version = version
-
             def installing() -> None:
                 preview.set_state(PreviewState.INSTALLING)
 
+            node, version = await self.node_for(preview.folder, preview.log)
+            ranges = [r for r in (site_engines(preview.folder), _astro_engines(preview.folder)) if r]
             preview.install = await self.deps.ensure(preview.folder, node, version, preview.log, installing)
             astro = astro_install(preview.folder)
+            if astro.engines and astro.engines not in ranges and not fits(version, [astro.engines]):
+                # Astro arrived with the install and needs another Node: its major may need its own install.
+                node, version = await self.nodes.fitting([*ranges, astro.engines], preview.log)
+                again = await self.deps.ensure(preview.folder, node, version, preview.log, installing)
+                preview.install = preview.install if again == "present" else again
+                astro = astro_install(preview.folder)
+            preview.node_version = version
+            preview.node_binary = node
             preview.astro_version = astro.version
             check_engines(astro, node, version)
             while True:
@@ -343,11 +369,9 @@ class PreviewSupervisor:
         for _ in range(PORT_ATTEMPTS):
             preview.port = self.ports.acquire()
             preview.set_state(PreviewState.STARTING)
-            argv = [node, str(astro.entry), "dev", "--host", "127.0.0.1", "--port", str(preview.port)]
-            if astro.has_dev_lock:
-                argv.append("--ignore-lock")  # a stale .astro/dev.json must never block a start
+            argv, how = await self._dev_command(preview, node, astro, preview.port)
             mark = preview.log.count
-            preview.log.event(f"starting Astro {astro.version} (Node {preview.node_version}) on 127.0.0.1:{preview.port}")
+            preview.log.event(f"starting Astro {astro.version} (Node {preview.node_version}) on 127.0.0.1:{preview.port}: {how}")
             try:
                 preview.process = await spawn(argv, cwd=preview.folder, env=env, log=preview.log)
                 outcome = await self._wait_ready(preview, preview.process, preview.port, mark)
@@ -365,6 +389,26 @@ class PreviewSupervisor:
             finally:
                 await self._release(preview)
         raise PreviewError(f"no usable port after {PORT_ATTEMPTS} attempts")
+
+    async def node_for(self, folder: Path, log_tail: LogTail) -> tuple[str, str]:
+        """The Node the site asks for: its engines.node and, when Astro is installed already, Astro's minimum."""
+        ranges = [r for r in (site_engines(folder), _astro_engines(folder)) if r]
+        return await self.nodes.fitting(ranges, log_tail)
+
+    async def _dev_command(self, preview: Preview, node: str, astro: AstroInstall, port: int) -> tuple[list[str], str]:
+        """The site's own ``dev`` script through its package manager, else ``astro dev``; and how to say which."""
+        address = ["--host", "127.0.0.1", "--port", str(port)]
+        script = dev_script(preview.folder)
+        if script is None or is_plain_astro_dev(script):
+            argv = [node, str(astro.entry), "dev", *address]
+            if astro.has_dev_lock:
+                argv.append("--ignore-lock")  # a stale .astro/dev.json must never block a start
+            preview.dev_command = "astro dev" + (" (the site's dev script)" if script else " (the site has no dev script)")
+            return argv, preview.dev_command
+        manager = detect(preview.folder)
+        tool = await self.deps.tools.argv(manager, node, preview.log)
+        preview.dev_command = f"the site's dev script through {manager.label}: {script}"
+        return [*tool, *manager.run_args("dev", *address)], preview.dev_command
 
     async def _wait_ready(self, preview: Preview, proc: ManagedProcess, port: int, mark: int) -> str:
         """``ready`` once GET / answers below 500; ``port-taken``; or why it never became ready."""

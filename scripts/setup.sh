@@ -12,6 +12,7 @@
 #   .cache/node20/, .cache/node22/  Node 20 and 22 from the npm packages node-linux-<arch>
 #                                   (Debian's nodejs is 18: only its npm is used, to fetch these)
 #   .cache/chp/                     configurable-http-proxy, for bench/proxy_bench.py
+#   .cache/node18/                  Node 18.20.4, the version Debian bookworm ships (a test's "fresh Debian")
 #   .cache/bin/node, node22         links to the Node 20 and 22 binaries (scripts/test.sh puts
 #                                   .cache/bin first on PATH, so the tests use these)
 #   .cache/bin/configurable-http-proxy
@@ -25,6 +26,7 @@ PYTHON="${PYTHON:-python3}"
 ASTRO7_VERSION="7.3.5"
 NODE20_VERSION="20.20.2"
 NODE22_VERSION="22.23.5"
+NODE18_DEBIAN_VERSION="18.20.4"  # Debian bookworm's nodejs: too old for Astro 5.18 (tests/test_preview_nodes.py)
 CHP_VERSION="5.3.0"
 CLAUDE_CODE_VERSION="2.1.332"  # keep equal to the Dockerfile's
 NPM_FLAGS=(--no-audit --no-fund --loglevel=error)
@@ -113,6 +115,7 @@ main() {
     arch="$(node_arch)"
     npm_package "Node 20" "$CACHE/node20" "node-linux-$arch@$NODE20_VERSION"
     npm_package "Node 22" "$CACHE/node22" "node-linux-$arch@$NODE22_VERSION"
+    npm_package "Node 18 (Debian's)" "$CACHE/node18" "node-linux-$arch@$NODE18_DEBIAN_VERSION"
     npm_package "configurable-http-proxy" "$CACHE/chp" "configurable-http-proxy@$CHP_VERSION"
     # Claude Code's engines say Node >= 22: its postinstall (which copies the native binary) runs on Node 22.
     PATH="$CACHE/node22/node_modules/node-linux-$arch/bin:$PATH" \
@@ -120,6 +123,7 @@ main() {
     mkdir -p "$CACHE/bin"
     ln -sfn "../node20/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node"
     ln -sfn "../node22/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node22"
+    ln -sfn "../node18/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node18"
     ln -sfn "../chp/node_modules/.bin/configurable-http-proxy" "$CACHE/bin/configurable-http-proxy"
     ln -sfn "../claude/node_modules/.bin/claude" "$CACHE/bin/claude"
     "$CACHE/bin/node" --version >/dev/null

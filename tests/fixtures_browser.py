@@ -8,6 +8,7 @@ Playwright never downloads a browser here: it launches /usr/bin/chromium.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -24,6 +25,23 @@ async def browser() -> AsyncIterator[Browser]:
     require(CHROMIUM.exists(), f"{CHROMIUM} is not installed")
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@asynccontextmanager
+async def secure_browser(origin: str) -> AsyncIterator[Browser]:
+    """Chromium that treats ``origin`` (plain http on the public name) as the https it is in production.
+
+    Service workers and Fetch Metadata exist only in secure contexts; without
+    this flag Chromium would see the public name over http as insecure.
+    """
+    require(CHROMIUM.exists(), f"{CHROMIUM} is not installed")
+    async with async_playwright() as playwright:
+        args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
         try:
             yield chromium
         finally:

@@ -91,6 +91,12 @@ class Demo:
                 return found.group(1)
         pytest.fail(f"the demo did not print {pattern.pattern!r}", pytrace=False)
 
+    def everything(self) -> list[str]:
+        """All of stdout, once the demo has exited."""
+        while (line := self._fresh.get(timeout=10)) is not None:
+            self.lines.append(line)
+        return self.lines
+
     def stop(self, timeout: float = 60.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -185,6 +191,10 @@ async def test_the_demo_previews_the_example_site_and_a_simulated_edit_appears_l
     finally:
         code = demo.stop()
     assert code == 0
+    # The banner stays readable: the proxy's lines went to <demo>/proxy.log, not to the terminal.
+    assert not [line for line in demo.everything() if '"type":"proxy"' in line]
+    assert any(f"Proxy log:       {seeded_demo / 'proxy.log'}" in line for line in demo.lines)
+    assert f'"session":"{session}"' in (seeded_demo / "proxy.log").read_text()
     assert processes_in(worktree) == []  # the dev server stopped with the demo
     assert (seeded_demo / "site.git" / "HEAD").is_file()
     # examples/site was only read.

@@ -175,11 +175,15 @@ def _major(node: str) -> int:
 def test_site_astro_version_against_node(tmp_path):
     require((ASTRO7 / "node_modules" / "astro").is_dir() and NODE22.exists(), "Astro 7 and Node 22")
     require(SYSTEM_NODE is not None and _major(SYSTEM_NODE) < 22, "Node 20 as `node`")
-    old = doctor(tmp_path, "--site", str(ASTRO7), NODE_BINARY=str(SYSTEM_NODE))
+    old = doctor(tmp_path, "--site", str(ASTRO7), NODE_BINARY=str(SYSTEM_NODE), NODE_FETCH="0")
     assert old.returncode == 1
-    assert line(old, "astro").startswith("FAIL") and ">=22.12" in line(old, "astro")
+    assert line(old, "site node").startswith("FAIL") and ">=22.12" in line(old, "site node")
+    fetching = doctor(tmp_path, "--site", str(ASTRO7), NODE_BINARY=str(SYSTEM_NODE))
+    assert line(fetching, "astro").startswith("OK") and ">=22.12" in line(fetching, "astro")
+    assert line(fetching, "site node").startswith("OK")
+    assert "does not satisfy >=22.12.0: the edge fetches a Node that does from npm (node-linux-" in line(fetching, "site node")
     new = doctor(tmp_path, "--site", str(ASTRO7), NODE_BINARY=str(NODE22))
-    assert line(new, "astro").startswith("OK"), new.stdout
+    assert line(new, "site node").startswith("OK") and "the site gets NODE_BINARY v22." in line(new, "site node"), new.stdout
 
 
 def test_the_dynamodb_check_probes_what_the_writer_can_do(tmp_path, dynamodb):

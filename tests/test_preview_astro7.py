@@ -44,13 +44,13 @@ async def test_astro7_starts_with_node22_despite_a_lock_of_a_live_astro(preview_
     assert json.loads(lock.read_text())["pid"] == astro_lookalike  # the other server's lock is left alone
 
 
-async def test_astro7_with_node20_fails_with_a_clear_error(preview_edge, make_thread):
+async def test_astro7_with_node20_and_no_fetching_fails_with_a_clear_error(preview_edge, make_thread):
     thread = make_thread("seven", version="7")
     node20 = shutil.which("node")
     version = subprocess.run([node20, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     if not version.startswith("v20."):
         pytest.skip(f"the machine's node is {version}, not Node 20")
-    edge = await preview_edge(node_binary=node20)
+    edge = await preview_edge(node_binary=node20, node_fetch=False)
 
     status, body = await edge.api("POST", "start", thread)
 

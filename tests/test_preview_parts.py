@@ -65,7 +65,7 @@ def test_an_old_node_is_refused_with_what_to_do():
         check_engines(astro, "/usr/bin/node", "20.20.2")
     assert str(raised.value) == (
         "Astro 7.3.5 needs Node >=22.12.0, but NODE_BINARY (/usr/bin/node) is v20.20.2. "
-        "Set NODE_BINARY to a Node.js that satisfies >=22.12.0."
+        "Set NODE_BINARY to a Node.js that satisfies >=22.12.0 (or leave NODE_FETCH on, and the edge fetches one from npm)."
     )
     check_engines(astro, "/usr/bin/node", "22.12.0")
     check_engines(AstroInstall("5.18.2", Path("/x"), "18.20.8 || ^20.3.0 || >=22.0.0", False), "node", "20.20.2")

@@ -1,0 +1,87 @@
+"""A site runs the way its owner runs it: its lock file's package manager and its own dev script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from preview.packages import PackageManager, detect, dev_script, is_plain_astro_dev
+
+PNPM_SITE = Path(__file__).resolve().parent / "sites" / "pnpm-site"
+
+
+def write(folder: Path, name: str, text: str = "") -> None:
+    (folder / name).write_text(text)
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"package-lock.json": "{}"}, PackageManager("npm", None, "package-lock.json")),
+        ({"pnpm-lock.yaml": ""}, PackageManager("pnpm", "10", "pnpm-lock.yaml")),
+        ({"yarn.lock": ""}, PackageManager("yarn", "1.22.22", "yarn.lock")),
+        ({}, PackageManager("npm", None, None)),
+    ],
+)
+def test_the_lock_file_names_the_package_manager(tmp_path, files, expected):
+    write(tmp_path, "package.json", "{}")
+    for name, text in files.items():
+        write(tmp_path, name, text)
+    assert detect(tmp_path) == expected
+
+
+def test_package_manager_field_gives_the_version(tmp_path):
+    write(tmp_path, "package.json", json.dumps({"packageManager": "pnpm@9.15.0+sha512.abc"}))
+    assert detect(tmp_path) == PackageManager("pnpm", "9.15.0", None)
+    write(tmp_path, "pnpm-lock.yaml")
+    assert detect(tmp_path).label == "pnpm@9.15.0"
+    write(tmp_path, "package.json", json.dumps({"packageManager": "yarn@4.5.0"}))
+    assert detect(tmp_path) == PackageManager("pnpm", "10", "pnpm-lock.yaml")  # the lock file wins
+    assert PackageManager("yarn", "4.5.0", "yarn.lock").package == "@yarnpkg/cli-dist"
+
+
+def test_dev_scripts_and_their_arguments(tmp_path):
+    write(tmp_path, "package.json", json.dumps({"scripts": {"dev": "  astro   dev "}}))
+    assert is_plain_astro_dev(dev_script(tmp_path))
+    write(tmp_path, "package.json", json.dumps({"scripts": {"dev": "node gen.mjs && astro dev"}}))
+    assert not is_plain_astro_dev(dev_script(tmp_path))
+    write(tmp_path, "package.json", json.dumps({"scripts": {"build": "astro build"}}))
+    assert dev_script(tmp_path) is None
+    assert PackageManager("npm", None, None).run_args("dev", "--port", "1") == ["run", "dev", "--", "--port", "1"]
+    assert PackageManager("pnpm", "10", None).run_args("dev", "--port", "1") == ["run", "dev", "--port", "1"]
+
+
+@pytest.mark.astro
+async def test_a_pnpm_site_installs_with_pnpm_and_runs_its_own_dev_script(preview_edge, make_thread):
+    thread = make_thread("t1")
+    shutil.rmtree(thread.path / "node_modules")
+    (thread.path / "package-lock.json").unlink()
+    shutil.copytree(PNPM_SITE, thread.path, dirs_exist_ok=True)
+    edge = await preview_edge()
+
+    status, body = await edge.api("POST", "start", thread, wait="400")
+    assert status == 200, body
+    assert body["packageManager"] == "pnpm@10.34.9"
+    assert body["devCommand"] == "the site's dev script through pnpm@10.34.9: node scripts/generate.mjs && astro dev"
+    assert body["dependencies"] == "installed"
+    assert (thread.path / "node_modules" / ".pnpm").is_dir()  # pnpm's layout, not npm's
+    log = "\n".join(edge.supervisor.log_lines(thread.session_id, 400))
+    assert "installing dependencies with pnpm@10.34.9 from pnpm-lock.yaml: pnpm install --frozen-lockfile" in log
+
+    # The dev script ran before Astro (with the edge's host and port): its generated file is served.
+    status, text, headers = await edge.get(f"/session/{thread.session_id}/generated/stamp.txt")
+    assert status == 200, text
+    assert text.startswith("made by the site's dev script with node v")
+    assert headers["X-Edge-Session"] == thread.session_id
+    status, text, _ = await edge.get(f"/session/{thread.session_id}/")
+    assert status == 200 and "Welcome to Amelia's site" in text
+
+    # /health counts this dev server (npm, sh and node under the package manager are one preview).
+    status, health, _ = await edge.get("/health")
+    assert json.loads(health)["previewsRunning"] == 1
+    status, _ = await edge.api("POST", "stop", thread)
+    status, health, _ = await edge.get("/health")
+    assert json.loads(health)["previewsRunning"] == 0

@@ -26,7 +26,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 LOCAL_CA_DIR="${LOCAL_CA_DIR:-/usr/local/share/ca-certificates}"
-STANDIN_REVISION=2
+STANDIN_REVISION=3
 STANDIN_PACKAGES="python3,python3-venv,python3-pip,python-is-python3,ca-certificates"
 # --network host: RUN steps reach Debian, PyPI and npm the way the host does.
 BUILD_FLAGS=(--format docker --network host)
@@ -49,6 +49,32 @@ recipe_hash() {
     } | sha256sum | cut -c1-12
 }
 
+# What the official debian:bookworm-slim (under python:3.11-slim-bookworm) does, so sizes
+# compare: no docs, man pages or translations, and apt keeps no downloaded packages.
+slim() {
+    local rootfs="$1"
+    cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+EOF
+    cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+Acquire::Languages "none";
+EOF
+    find "$rootfs/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+    find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+    rm -rf "$rootfs"/usr/share/{man,groff,info,lintian,linda,locale}/*
+}
+
 python_standin() {
     local tag="$1" rootfs
     if podman image exists "$tag"; then
@@ -67,6 +93,7 @@ python_standin() {
         cp "$LOCAL_CA_DIR"/*.crt "$rootfs/usr/local/share/ca-certificates/"
     fi
     chroot "$rootfs" update-ca-certificates >/dev/null 2>&1
+    slim "$rootfs"
     chroot "$rootfs" apt-get clean
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
     # The official image's pip is not "externally managed"; Debian's is, for the system Python only.

@@ -232,7 +232,7 @@ def test_init_then_preview_through_the_edge_then_execute(container, request):
     assert "data-webordinary-simulation" in updated
 
 
-def test_stop_exits_0_within_the_stop_timeout_and_leaves_no_process(container):
+def test_stop_exits_0_within_the_stop_timeout_and_leaves_no_process(container, request):
     wait_for(lambda: health(container), 60, "/health answered", container)
     top = podman("top", container.name, "hpid", "args").stdout.splitlines()[1:]
     host_pids = [int(line.split()[0]) for line in top if line.split()]
@@ -240,6 +240,7 @@ def test_stop_exits_0_within_the_stop_timeout_and_leaves_no_process(container):
     started = time.monotonic()
     podman("stop", "-t", str(STOP_TIMEOUT), container.name, timeout=STOP_TIMEOUT + 30)
     took = time.monotonic() - started
+    report(request.config, f"podman stop took {took:.1f} s")
     state = json.loads(podman("inspect", container.name).stdout)[0]["State"]
     assert state["ExitCode"] == 0, container.logs()[-4000:]
     assert took < STOP_TIMEOUT, f"podman stop took {took:.1f} s (so it needed SIGKILL)"

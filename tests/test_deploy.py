@@ -19,7 +19,7 @@ import boto3
 import pytest
 from cfnlint.decode import decode
 
-from control.dynamo import session_item
+from control.dynamo import session_item, update_request
 from edge.settings import Settings
 from tests.fixtures_dynamodb import AWS_ENV, FakeDynamo
 from tests.conftest import free_port
@@ -66,13 +66,14 @@ class Resolver:
         if name in self.values:
             return self.values[name]
         assert name in self.template["Resources"], f"Ref to unknown {name}"
-        return {"SessionsTable": "amelia-edge-sessions"}.get(name, f"{name}-id")
+        return f"{name}-id"
 
     def attr(self, name: str, attribute: str) -> str:
         assert name in self.template["Resources"], f"GetAtt of unknown {name}"
         return f"arn:aws:test:us-east-1:123456789012:{name}/{attribute}"
 
     def condition(self, name: str) -> bool:
+        """A condition, by name."""
         return bool(self(self.template["Conditions"][name]))
 
     def __call__(self, node: Any) -> Any:
@@ -186,35 +187,47 @@ def test_workspace_access_point_is_uid_1000(template):
     assert point["RootDirectory"]["CreationInfo"]["OwnerUid"] == "1000"
 
 
-def test_task_role_may_invoke_bedrock_and_write_the_sessions_table(template):
+def test_task_role_may_invoke_bedrock_and_update_the_sessions_table(template):
     statements = props(template, "TaskRole")["Policies"][0]["PolicyDocument"]["Statement"]
     actions = {action: s["Resource"] for s in statements for action in s["Action"]}
     assert {"bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"} <= actions.keys()
-    table_arn = "arn:aws:test:us-east-1:123456789012:SessionsTable/Arn"
-    for action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:DeleteItem"):
+    table_arn = "arn:aws:dynamodb:us-east-1:123456789012:table/webordinary-edit-sessions"
+    for action in ("dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:GetItem"):  # what control/dynamo.py calls
         assert table_arn in actions[action]
 
 
-def test_sessions_table_has_hermes_schema_and_takes_the_edges_items(template, moto):
-    spec = props(template, "SessionsTable", SessionsTableName="sessions")
+def test_hermes_settings(template):
+    """Hermes calls the task's address inside the VPC without a token; its previews use the public URL."""
+    env = {e["Name"]: e["Value"] for e in props(template, "TaskDefinition")["ContainerDefinitions"][0]["Environment"]}
+    assert env["EDGE_API_TRUSTED_NETWORKS"] == PARAMETERS["VpcCidr"]
+    assert env["EDGE_PUBLIC_URL"] == "https://edit.amelia.webordinary.com"
+    assert env["DYNAMODB_TABLE"] == "webordinary-edit-sessions"
+    assert "DEFAULT_REPO_URL" not in env
+    env = {e["Name"]: e["Value"] for e in props(template, "TaskDefinition", DefaultRepoUrl="https://github.com/a/b.git")
+           ["ContainerDefinitions"][0]["Environment"]}
+    assert env["DEFAULT_REPO_URL"] == "https://github.com/a/b.git"
+    assert Resolver(template, HermesSecurityGroupId="sg-hermes").condition("FromHermes")
+    assert props(template, "HermesIngress", HermesSecurityGroupId="sg-hermes")["FromPort"] == 8080
+
+
+def test_sessions_table_has_hermes_schema_and_takes_the_edges_updates(template, moto):
+    spec = props(template, "SessionsTable")
     ttl = spec.pop("TimeToLiveSpecification")
     spec.pop("PointInTimeRecoverySpecification")
+    assert spec["TableName"] == "webordinary-edit-sessions"
     assert spec["KeySchema"] == [{"AttributeName": "sessionId", "KeyType": "HASH"}, {"AttributeName": "userId", "KeyType": "RANGE"}]
     dynamodb = boto3.session.Session().client("dynamodb", endpoint_url=moto, region_name="us-east-1")
     dynamodb.create_table(**spec)
-    dynamodb.update_time_to_live(TableName="sessions", TimeToLiveSpecification=ttl)
-    assert dynamodb.describe_time_to_live(TableName="sessions")["TimeToLiveDescription"]["AttributeName"] == "ttl"
+    dynamodb.update_time_to_live(TableName=spec["TableName"], TimeToLiveSpecification=ttl)
+    assert dynamodb.describe_time_to_live(TableName=spec["TableName"])["TimeToLiveDescription"]["AttributeName"] == "ttl"
 
-    # The edge's item for a session, written the way control/dynamo.py serializes it.
-    from boto3.dynamodb.types import TypeSerializer
-    item = session_item("t1-0123456789", "amelia", "owner", "t1", "ready", "https://edit.amelia.webordinary.com/session/t1-0123456789/",
-                        "task-1", 1_700_000_000)
-    dynamodb.put_item(TableName="sessions", Item={k: TypeSerializer().serialize(v) for k, v in item.items()})
-    # Hermes: by key, and by status through StatusIndex.
+    # The edge's own UpdateItem for a session (control/dynamo.py), then Hermes's reads.
+    item = session_item("t1-0123456789", "amelia", "owner", "t1", "ready",
+                        "https://edit.amelia.webordinary.com/session/t1-0123456789/", "task-1", 1_700_000_000)
+    dynamodb.update_item(**update_request(spec["TableName"], {"sessionId": "t1-0123456789", "userId": "owner"}, item))
     key = {"sessionId": {"S": "t1-0123456789"}, "userId": {"S": "owner"}}
-    dynamodb.update_item(TableName="sessions", Key=key, UpdateExpression="SET #s = :s",
-                         ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "idle"}})
-    assert dynamodb.get_item(TableName="sessions", Key=key)["Item"]["ttl"] == {"N": str(1_700_000_000 + 7 * 86400)}
-    idle = dynamodb.query(TableName="sessions", IndexName="StatusIndex", KeyConditionExpression="#s = :s",
-                          ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "idle"}})
-    assert [i["sessionId"]["S"] for i in idle["Items"]] == ["t1-0123456789"]
+    stored = dynamodb.get_item(TableName=spec["TableName"], Key=key)["Item"]
+    assert "ttl" in stored and stored["status"] == {"S": item["status"]}
+    found = dynamodb.query(TableName=spec["TableName"], IndexName="StatusIndex", KeyConditionExpression="#s = :s",
+                           ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": item["status"]}})
+    assert [i["sessionId"]["S"] for i in found["Items"]] == ["t1-0123456789"]

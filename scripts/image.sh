@@ -40,12 +40,12 @@ node_binary() {
     printf '%s\n' "$node"
 }
 
-# One hash over everything a stand-in is made from.
+# One hash over everything a stand-in is made from (contents only: the same in every checkout).
 recipe_hash() {
     {
         printf '%s %s %s\n' "$STANDIN_REVISION" "$STANDIN_PACKAGES" "$MIRROR"
-        sha256sum "$(node_binary)" "$CACHE/npm/node_modules/npm/package.json"
-        find "$LOCAL_CA_DIR" -type f -name '*.crt' -print0 2>/dev/null | sort -z | xargs -0r sha256sum
+        cat "$(node_binary)" "$CACHE/npm/node_modules/npm/package.json" | sha256sum
+        find "$LOCAL_CA_DIR" -type f -name '*.crt' -print0 2>/dev/null | sort -z | xargs -0r cat | sha256sum
     } | sha256sum | cut -c1-12
 }
 

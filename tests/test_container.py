@@ -36,7 +36,7 @@ TOKEN = "ghp_" + "Z9y8X7w6V5" * 3 + "u4T3s2"
 API_TOKEN = "t" * 40
 PUBLIC_HOST = "edit.amelia.example.test"
 STOP_TIMEOUT = 20  # the stopTimeout the README asks for: EDGE_DRAIN_SECONDS (10) + 10
-CLAUDE_CODE_VERSION = "2.1.332"
+CLAUDE_CODE_VERSION = re.search(r"^ARG CLAUDE_CODE_VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M).group(1)
 EXIT_REFUSED = 64  # entrypoint.sh's documented exit code for a refused start
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]

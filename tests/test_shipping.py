@@ -280,3 +280,10 @@ def test_entrypoint_starts_the_real_edge_and_stops_on_sigterm(tmp_path):
             proc.wait()
     stopped = subprocess.run([sys.executable, *healthcheck_argv()[1:]], env={**env, "PORT": str(port)}, capture_output=True, timeout=30)
     assert stopped.returncode != 0, "the health check fails once the edge is gone"
+
+
+def test_setup_pins_the_claude_code_of_the_image():
+    """The tests run the Claude Code the image ships (scripts/setup.sh installs it for them)."""
+    image = re.search(r"^ARG CLAUDE_CODE_VERSION=(\S+)$", DOCKERFILE.read_text(), re.M)
+    setup = re.search(r'^CLAUDE_CODE_VERSION="([^"]+)"', (ROOT / "scripts" / "setup.sh").read_text(), re.M)
+    assert image and setup and image.group(1) == setup.group(1)

@@ -3,6 +3,8 @@
 # Stages:
 #   node     the official Node 22 image; only its node binary and npm are copied
 #            (Astro 6/7 need Node >= 22.12; Debian bookworm's own nodejs is 18).
+#   claude   Claude Code (the `claude-code` executor), pinned; npm's postinstall puts the
+#            native linux binary at bin/claude.exe, and only that package folder is copied.
 #   builder  `pip install .` into /opt/venv (no pip, no build files in the result).
 #   final    Python 3.11 (the version CI tests), git, tini, Node 22, the venv; user edge (uid 1000).
 # Both Python and Node images are Debian bookworm, so the node binary finds the same glibc/libstdc++.
@@ -11,6 +13,11 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG NODE_IMAGE=node:22-bookworm-slim
 
 FROM ${NODE_IMAGE} AS node
+
+FROM node AS claude
+ARG CLAUDE_CODE_VERSION=2.1.332
+RUN npm install --global --no-audit --no-fund --loglevel=error "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" \
+    && /usr/local/lib/node_modules/@anthropic-ai/claude-code/bin/claude.exe --version
 
 FROM ${PYTHON_IMAGE} AS builder
 WORKDIR /src
@@ -36,9 +43,11 @@ RUN apt-get update \
 
 COPY --from=node /usr/local/bin/node /usr/local/bin/node
 COPY --from=node /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
-RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
-    && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
-    && node --version && npm --version
+COPY --from=claude /usr/local/lib/node_modules/@anthropic-ai/claude-code /usr/local/lib/node_modules/@anthropic-ai/claude-code
+RUN ln -sf ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+    && ln -sf ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
+    && ln -sf ../lib/node_modules/@anthropic-ai/claude-code/bin/claude.exe /usr/local/bin/claude \
+    && node --version && npm --version && claude --version
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --chmod=0755 entrypoint.sh /app/entrypoint.sh
@@ -53,6 +62,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=8080 \
     WORKSPACE_PATH=/workspace \
     NODE_BINARY=/usr/local/bin/node \
+    CLAUDE_CLI=/usr/local/bin/claude \
+    DISABLE_AUTOUPDATER=1 \
     NPM_CONFIG_UPDATE_NOTIFIER=false \
     NPM_CONFIG_FUND=false
 

@@ -18,6 +18,12 @@
 #   .cache/bin/configurable-http-proxy
 #   .cache/claude/                  Claude Code (@anthropic-ai/claude-code, pinned; needs Node >= 22,
 #   .cache/bin/claude               so npm runs its postinstall with Node 22), the CLI the tests run
+#   .cache/npm/, .cache/bin/npm     npm itself from npm: Debian's npm only runs on Debian's
+#                                   Node (its modules live in /usr/share/nodejs), so the previews'
+#                                   npm ci under Node 20/22 needs a self-contained one
+#   podman, debootstrap, runc       for the image test (scripts/image.sh builds the Dockerfile with
+#                                   podman from local stand-ins for its base images), with
+#                                   /etc/containers/containers.conf (runc, no default ulimits)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +35,7 @@ NODE22_VERSION="22.23.5"
 NODE18_DEBIAN_VERSION="18.20.4"  # Debian bookworm's nodejs: too old for Astro 5.18 (tests/test_preview_nodes.py)
 CHP_VERSION="5.3.0"
 CLAUDE_CODE_VERSION="2.1.332"  # keep equal to the Dockerfile's
+NPM_VERSION="10.9.8"
 NPM_FLAGS=(--no-audit --no-fund --loglevel=error)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -56,6 +63,43 @@ apt_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Debian packages a fresh bookworm machine lacks beyond those above: libatomic1 for the
+# Node binary inside Playwright's driver (every Chromium test needs it).
+fresh_machine_packages() {
+    if ldconfig -p | grep -q 'libatomic\.so\.1 '; then
+        log "libatomic1: present"
+        return
+    fi
+    log "libatomic1: installing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends libatomic1 >/dev/null
+}
+
+# podman builds and runs the image in tests/test_container.py. crun fails on hybrid cgroups
+# here and the machine may lack CAP_SYS_RESOURCE, so podman uses runc and no default ulimits
+# (the file is written whole, only when it differs).
+container_tools() {
+    local conf=/etc/containers/containers.conf want missing=()
+    command -v podman >/dev/null || missing+=(podman)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    command -v runc >/dev/null || missing+=(runc)
+    if ((${#missing[@]} > 0)); then
+        log "container tools: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        log "container tools: present"
+    fi
+    want="$(printf '%s\n' '# written by webordinary edge scripts/setup.sh' '[containers]' 'default_ulimits = []' '' '[engine]' 'runtime = "runc"')"
+    if [[ ! -f $conf || "$(cat "$conf")" != "$want" ]]; then
+        mkdir -p "$(dirname "$conf")"
+        printf '%s\n' "$want" >"$conf"
+        log "container tools: wrote $conf"
+    fi
+}
+
 python_venv() {
     local want
     want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
@@ -65,7 +109,7 @@ python_venv() {
     fi
     log "Python venv: installing .[test] into .venv"
     [[ -x "$ROOT/.venv/bin/python" ]] || "$PYTHON" -m venv "$ROOT/.venv"
-    "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[test]"
+    "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check -e "${ROOT}[test]"
     printf '%s' "$want" >"$ROOT/.venv/.setup-stamp"
 }
 
@@ -84,18 +128,21 @@ astro5() {
     printf '%s' "$want" >"$dir/.setup-stamp"
 }
 
-# Install one npm package (at an exact version) into its own folder.
+# Install one npm package (at an exact version) into its own folder; a fourth argument is the
+# Node binary that runs npm (npm skips optional dependencies whose engines its Node does not meet).
 npm_package() {
-    local label="$1" dir="$2" spec="$3"
-    if stamp_matches "$dir/.setup-stamp" "$spec"; then
+    local label="$1" dir="$2" spec="$3" node="${4-}"
+    local -a npm=(npm)
+    [[ -z $node ]] || npm=("$node" "$CACHE/npm/node_modules/npm/bin/npm-cli.js")
+    if stamp_matches "$dir/.setup-stamp" "$spec${node:+ (node $("$node" --version))}"; then
         log "$label: up to date"
         return
     fi
-    log "$label: npm install $spec"
+    log "$label: npm install $spec${node:+ with $node}"
     rm -rf "$dir"
     mkdir -p "$dir"
-    npm install --prefix "$dir" "${NPM_FLAGS[@]}" "$spec"
-    printf '%s' "$spec" >"$dir/.setup-stamp"
+    "${npm[@]}" install --prefix "$dir" "${NPM_FLAGS[@]}" "$spec"
+    printf '%s' "$spec${node:+ (node $("$node" --version))}" >"$dir/.setup-stamp"
 }
 
 node_arch() {
@@ -109,18 +156,25 @@ node_arch() {
 main() {
     local started=$SECONDS arch
     apt_packages
+    fresh_machine_packages
+    container_tools
     python_venv
     astro5
-    npm_package "Astro 7" "$CACHE/astro/7" "astro@$ASTRO7_VERSION"
     arch="$(node_arch)"
     npm_package "Node 20" "$CACHE/node20" "node-linux-$arch@$NODE20_VERSION"
     npm_package "Node 22" "$CACHE/node22" "node-linux-$arch@$NODE22_VERSION"
     npm_package "Node 18 (Debian's)" "$CACHE/node18" "node-linux-$arch@$NODE18_DEBIAN_VERSION"
+    npm_package "npm" "$CACHE/npm" "npm@$NPM_VERSION"
+    # Astro 7 needs Node 22: installed by it, so rolldown's native binding is not skipped.
+    npm_package "Astro 7" "$CACHE/astro/7" "astro@$ASTRO7_VERSION" \
+        "$CACHE/node22/node_modules/node-linux-$arch/bin/node"
     npm_package "configurable-http-proxy" "$CACHE/chp" "configurable-http-proxy@$CHP_VERSION"
     # Claude Code's engines say Node >= 22: its postinstall (which copies the native binary) runs on Node 22.
-    PATH="$CACHE/node22/node_modules/node-linux-$arch/bin:$PATH" \
-        npm_package "Claude Code" "$CACHE/claude" "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+    npm_package "Claude Code" "$CACHE/claude" "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" \
+        "$CACHE/node22/node_modules/node-linux-$arch/bin/node"
     mkdir -p "$CACHE/bin"
+    ln -sfn "../npm/node_modules/npm/bin/npm-cli.js" "$CACHE/bin/npm"
+    ln -sfn "../npm/node_modules/npm/bin/npx-cli.js" "$CACHE/bin/npx"
     ln -sfn "../node20/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node"
     ln -sfn "../node22/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node22"
     ln -sfn "../node18/node_modules/node-linux-$arch/bin/node" "$CACHE/bin/node18"

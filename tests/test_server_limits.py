@@ -48,6 +48,15 @@ async def trickle(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, da
     return sent, received
 
 
+async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+    """An upstream WebSocket that echoes text."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        await ws.send_str(message.data)
+    return ws
+
+
 async def test_silent_connection_is_closed_after_the_header_timeout(edge):
     server = await edge(header_timeout=1)
     reader, writer = await open_raw(server.port)
@@ -108,17 +117,10 @@ async def test_long_upload_stream_and_websocket_outlive_every_timeout(edge, serv
             await asyncio.sleep(0.25)
         return response
 
-    async def echo(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for message in ws:
-            await ws.send_str(message.data)
-        return ws
-
     app = web.Application()
     app.router.add_post("/upload", count)
     app.router.add_get("/stream", stream)
-    app.router.add_get("/ws", echo)
+    app.router.add_get("/ws", ws_echo)
     upstream = await serve(app)
     server = await edge(header_timeout=1, keepalive_timeout=1, first_byte_timeout=1)
     add_route(server, "s1", upstream.origin)
@@ -247,15 +249,8 @@ async def test_trickling_uploads_at_the_cap_neither_lock_out_clients_nor_health_
 
 
 async def test_idle_websockets_at_the_cap_make_room_for_new_clients(edge, serve):
-    async def echo(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for message in ws:
-            await ws.send_str(message.data)
-        return ws
-
     app = web.Application()
-    app.router.add_get("/ws", echo)
+    app.router.add_get("/ws", ws_echo)
     upstream = await serve(app)
     server = await edge(max_connections=3, header_timeout=60, keepalive_timeout=60)
     add_route(server, "s1", upstream.origin)

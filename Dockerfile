@@ -25,6 +25,7 @@ WORKDIR /src
 # setuptools end up in the final image.
 RUN python -m venv --without-pip /opt/venv
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY edge ./edge
 COPY control ./control
 COPY preview ./preview

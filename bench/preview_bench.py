@@ -27,13 +27,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
+from processes import stop_group
 
+from core.ids import ThreadRef
 from edge.server import start_edge
 from edge.settings import Settings
 from preview import PREVIEWS
-from preview.locator import ThreadRef
 from preview.node import child_env, resolve_node
-from processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "examples" / "site"

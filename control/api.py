@@ -15,15 +15,15 @@ from aiohttp import web
 from control import gitops
 from control.errors import ControlError
 from control.gitcmd import GitError
-from control.ids import InvalidInput, check_branch, check_id, check_session_name, check_thread_id
-from control.jsonfile import read_json_object as read_json_file
 from control.repourl import parse_repo_url
 from control.sessions import REGISTRY, SessionRegistry
-from control.threads import ThreadRef, initialise
+from control.threads import initialise
 from control.workspaces import WORKSPACES, Workspaces, failure
+from core.ids import InvalidInput, ThreadRef, check_branch, check_id, check_session_name, check_thread_id
+from core.jsonbody import read_json_body
+from core.jsonfile import read_json_file
 from edge import keys
 from edge.headers import make_peer
-from edge.jsonbody import read_json_object
 
 MAX_BODY = 256 * 1024
 MAX_MESSAGE = 64 * 1024
@@ -93,7 +93,7 @@ async def init(request: web.Request) -> web.Response:
     """``POST /api/init {clientId, userId, threadId, repoUrl, sessionId?}``: clone if needed, create or
     resume the thread (``sessionId``: the caller names the thread's session)."""
     settings = request.app[keys.SETTINGS]
-    body = await read_json_object(request, MAX_BODY)
+    body = await read_json_body(request, MAX_BODY)
     client_id = check_id("clientId", body.get("clientId", settings.default_client_id))
     user_id = check_id("userId", body.get("userId", settings.default_user_id))
     thread_id = check_thread_id(body.get("threadId"))
@@ -141,7 +141,7 @@ async def git_status(request: web.Request) -> web.Response:
 @_api
 async def git_commit(request: web.Request) -> web.Response:
     ws, c, u, t = _thread(request)
-    body = await read_json_object(request, MAX_BODY)
+    body = await read_json_body(request, MAX_BODY)
     message = _optional(body, "message", str)
     if message is None:
         message = f"Changes from thread {t}"
@@ -154,7 +154,7 @@ async def git_commit(request: web.Request) -> web.Response:
 @_api
 async def git_push(request: web.Request) -> web.Response:
     ws, c, u, t = _thread(request)
-    body = await read_json_object(request, MAX_BODY)
+    body = await read_json_body(request, MAX_BODY)
     force = bool(_optional(body, "force", bool, False))
     return _ok({**_ids(c, u, t), **await ws.run_detached(gitops.push(ws, c, u, t, force))})
 
@@ -162,7 +162,7 @@ async def git_push(request: web.Request) -> web.Response:
 @_api
 async def git_pull(request: web.Request) -> web.Response:
     ws, c, u, t = _thread(request)
-    body = await read_json_object(request, MAX_BODY)
+    body = await read_json_body(request, MAX_BODY)
     branch = _optional(body, "branch", str)
     if branch is not None:
         check_branch(branch)
@@ -172,14 +172,14 @@ async def git_pull(request: web.Request) -> web.Response:
 @_api
 async def git_fetch(request: web.Request) -> web.Response:
     ws, c, u, t = _thread(request)
-    await read_json_object(request, MAX_BODY)
+    await read_json_body(request, MAX_BODY)
     return _ok({**_ids(c, u, t), **await ws.run_detached(gitops.fetch(ws, c, u, t))})
 
 
 @_api
 async def git_branch(request: web.Request) -> web.Response:
     ws, c, u, t = _thread(request)
-    body = await read_json_object(request, MAX_BODY)
+    body = await read_json_body(request, MAX_BODY)
     branch = check_branch(body.get("branch"))
     create = bool(_optional(body, "createNew", bool, False))
     return _ok({**_ids(c, u, t), **await ws.run_detached(gitops.switch_branch(ws, c, u, t, branch, create))})

@@ -32,13 +32,13 @@ from aiohttp import web
 from control.api import MAX_BODY, _api, _ok, public_origin
 from control.errors import ControlError
 from control.executors import make_executor
-from control.ids import InvalidInput, check_id, check_session_name, check_thread_id
 from control.runs import RUNNER, Run, Runner, is_destructive
 from control.sessions import REGISTRY
-from control.threads import THREADS, ThreadOpener, ThreadRef
+from control.threads import THREADS, ThreadOpener
 from control.workspaces import WORKSPACES
+from core.ids import InvalidInput, ThreadRef, check_id, check_session_name, check_thread_id
+from core.jsonbody import read_json_body
 from edge import keys, stopping
-from edge.jsonbody import read_json_object
 
 MAX_INSTRUCTION = 64 * 1024
 PLAN_WORDS = ("plan", "planning")
@@ -177,7 +177,7 @@ async def _answer(request: web.Request, run: Run, render: Render, final_event: s
 async def execute(request: web.Request) -> web.StreamResponse:
     """``POST /api/execute``: run an instruction on a thread (none named: the default thread, opened if needed)."""
     settings = request.app[keys.SETTINGS]
-    body = await read_json_object(request, MAX_BODY)
+    body = await read_json_body(request, MAX_BODY)
     instruction = _instruction(body)
     mode = body.get("mode")
     if mode is not None and not isinstance(mode, str):
@@ -202,7 +202,7 @@ async def hermes_execute(request: web.Request) -> web.StreamResponse:
 
     A session id the edge does not know yet becomes a thread of the default user (``control.threads``)."""
     session_id = check_id("sessionId", request.match_info["session_id"])
-    body = await read_json_object(request, MAX_BODY)
+    body = await read_json_body(request, MAX_BODY)
     instruction = _instruction(body)
     auto_commit = _flag(body, "autoCommit", True)
     planning = _flag(body, "planningMode", False) or is_destructive(instruction)
@@ -226,7 +226,7 @@ def _approval_token(body: dict) -> str:
 async def execute_approved(request: web.Request) -> web.StreamResponse:
     """``POST /api/claude/<sessionId>/execute-approved {approvalToken}``: run exactly the stored plan."""
     key = _known_session(request)
-    body = await read_json_object(request, MAX_BODY)
+    body = await read_json_body(request, MAX_BODY)
     token = _approval_token(body)
     _ready(request.app, key)
     run = request.app[RUNNER].approve(token, key)
@@ -237,7 +237,7 @@ async def execute_approved(request: web.Request) -> web.StreamResponse:
 async def reject_plan(request: web.Request) -> web.Response:
     """``POST /api/claude/<sessionId>/reject-plan {approvalToken}``: discard the plan; nothing changes."""
     key = _known_session(request)
-    body = await read_json_object(request, MAX_BODY)
+    body = await read_json_body(request, MAX_BODY)
     token = _approval_token(body)
     plan = request.app[RUNNER].reject(token, key)
     return _ok({"rejected": True, "planId": plan.plan_id, "instruction": plan.instruction, "threadId": plan.thread_id,
@@ -248,7 +248,7 @@ async def reject_plan(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     """``POST /api/claude/<sessionId>/cancel``: stop the running execution and wait until it has stopped."""
     key = _known_session(request)
-    await read_json_object(request, MAX_BODY)
+    await read_json_body(request, MAX_BODY)
     run = request.app[RUNNER].active(*key)
     if run is None or not run.cancel():
         return _ok({"cancelled": False, "message": "no execution is running on this thread", "threadId": key[2]})

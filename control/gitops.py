@@ -13,10 +13,10 @@ from pathlib import Path
 
 from control.errors import ControlError
 from control.gitcmd import GitError
-from control.ids import check_branch
-from control.jsonfile import read_json_object, write_json_atomic
 from control.repourl import pull_request_url
 from control.workspaces import Workspaces, failure
+from core.ids import check_branch
+from core.jsonfile import read_json_file, write_json_atomic
 
 CHANGE_KINDS = ("modified", "added", "deleted", "untracked", "conflicted")
 
@@ -71,7 +71,7 @@ async def _comparison_ref(
     """origin/<branch> if the remote has it, else origin/<default branch> (what the thread started from)."""
     if branch and await ws.ref_exists(worktree, f"refs/remotes/origin/{branch}"):
         return f"refs/remotes/origin/{branch}"
-    metadata = read_json_object(ws.metadata_path(client_id, user_id)) or {}
+    metadata = read_json_file(ws.metadata_path(client_id, user_id)) or {}
     default = ws.settings.git_default_branch or metadata.get("defaultBranch")
     if isinstance(default, str) and await ws.ref_exists(worktree, f"refs/remotes/origin/{default}"):
         return f"refs/remotes/origin/{default}"
@@ -349,7 +349,7 @@ async def switch_branch(
 def _remember_branch(ws: Workspaces, client_id: str, user_id: str, thread_id: str, branch: str) -> None:
     ws.registry.update(ws.registry.session_id_of(client_id, user_id, thread_id), branch=branch)
     path = ws.context_path(client_id, user_id, thread_id)
-    context = read_json_object(path)
+    context = read_json_file(path)
     if context is not None:
         context["branch"] = branch
         write_json_atomic(path, context)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from control.sessions import SessionRegistry
-from preview.locator import ThreadRef, thread_folder
+from core.ids import ThreadRef
+from preview.locator import thread_folder
 
 
 class RegistryLocator:

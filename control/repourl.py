@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 from git.cmd import Git
 from git.exc import UnsafeProtocolError
 
-from control.ids import InvalidInput
+from core.ids import InvalidInput
 
 MAX_URL = 2048
 _TRANSPORT_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")

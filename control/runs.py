@@ -37,9 +37,9 @@ from aiohttp import web
 
 from control import gitops
 from control.errors import ControlError
-from control.executors import Executor, ExecutionError, RunRequest, RunResult
-from control.jsonfile import read_json_object, write_json_atomic
+from control.executors import ExecutionError, Executor, RunRequest, RunResult
 from control.workspaces import Workspaces
+from core.jsonfile import read_json_file, write_json_atomic
 
 log = logging.getLogger("edge.control.runs")
 
@@ -183,7 +183,7 @@ class PlanStore:
         self.path = path
         self._plans: dict[str, Plan] = {}
         self._by_token: dict[str, str] = {}
-        data = read_json_object(path) if path is not None else None
+        data = read_json_file(path) if path is not None else None
         for entry in (data or {}).get("plans") or []:
             try:
                 self._keep(Plan.from_json(entry))
@@ -377,7 +377,7 @@ class Runner:
         c, u, t = run.key
         async with self.ws.thread_lock(c, u, t):
             worktree = await self.ws.open_thread(c, u, t)
-            context = read_json_object(self.ws.context_path(c, u, t)) or {}
+            context = read_json_file(self.ws.context_path(c, u, t)) or {}
             before = await self._snapshot(worktree)
             request = RunRequest(
                 instruction=run.instruction,
@@ -475,7 +475,7 @@ class Runner:
 
     def _record(self, run: Run, outcome: RunResult, result: dict) -> None:
         path = self.ws.context_path(*run.key)
-        context = read_json_object(path) or {}
+        context = read_json_file(path) or {}
         entries = context.get("instructions") if isinstance(context.get("instructions"), list) else []
         commit = result.get("commit") or {}
         entries.append({

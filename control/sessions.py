@@ -38,7 +38,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from control.jsonfile import read_json_object, write_json_atomic
+from core.jsonfile import read_json_file, write_json_atomic
 
 log = logging.getLogger("edge.control.sessions")
 
@@ -147,7 +147,7 @@ class SessionRegistry:
         self._listeners: list[Listener] = []
         self._by_thread: dict[tuple[str, str, str], str] = {}
         self._dirty = False
-        data = read_json_object(self.path)
+        data = read_json_file(self.path)
         if data is None:
             if self.path.exists():
                 log.warning("%s is not a JSON object; starting with an empty registry", self.path)

@@ -18,12 +18,12 @@ from aiohttp import web
 from control import gitops
 from control.api import _api
 from control.errors import ControlError
-from control.ids import InvalidInput, check_id, check_thread_id
 from control.tracking import TRACKER, SessionTracker
 from control.workspaces import Workspaces
+from core.ids import InvalidInput, check_id, check_thread_id, is_session_id
 from edge import keys
-from edge.hostpolicy import is_session_id
 from preview.appkeys import PREVIEWS
+
 
 def parse_since(raw: str) -> float:
     """Epoch seconds from ``1700000000``/``1700000000.5`` or ISO-8601 (no zone: UTC)."""

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+
 from aiohttp import web
 
 from control.dynamo import DYNAMO
 from control.errors import ControlError
-from control.ids import check_id, check_thread_id, thread_branch
 from control.repourl import RepoUrl, RepoUrlError, parse_repo_url
 from control.tracking import TRACKER
 from control.workspaces import WORKSPACES, InitResult
-from preview.locator import ThreadRef
+from core.ids import ThreadRef, check_id, check_thread_id, thread_branch
 
 
 async def initialise(

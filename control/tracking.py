@@ -21,10 +21,10 @@ from typing import AsyncIterator, Awaitable, TypeVar
 from aiohttp import web
 
 from control.dynamo import DYNAMO, DynamoWriter, session_item
-from control.ids import is_valid_id
 from control.runs import RUNNER
 from control.sessions import REGISTRY, SessionRegistry, ThreadSession
 from control.workspaces import WORKSPACES, Workspaces
+from core.ids import is_valid_id
 from edge import keys
 from edge.idle import IDLE, IdleWatch
 from edge.routing import SessionTable

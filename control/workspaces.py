@@ -1,6 +1,6 @@
 """Workspaces: one clone per user, one git worktree and branch per thread.
 
-Layout under WORKSPACE_PATH (ids checked by ``control.ids`` before any path is built)::
+Layout under WORKSPACE_PATH (ids checked by ``core.ids`` before any path is built)::
 
     <clientId>/<userId>/project/                    the clone: blob-less, no checkout of its own
     <clientId>/<userId>/threads/<threadId>/         the thread's worktree, on branch thread-<threadId>
@@ -36,8 +36,6 @@ from aiohttp import web
 
 from control.errors import ControlError
 from control.gitcmd import GitError, GitRunner
-from control.ids import InvalidInput, check_branch, check_id, check_thread_id, thread_branch
-from control.jsonfile import read_json_object, write_json_atomic
 from control.recovery import (
     HALF_CLONE_PREFIX,
     remove_half_clones,
@@ -47,8 +45,10 @@ from control.recovery import (
 )
 from control.repourl import RepoUrl, RepoUrlError, parse_repo_url, repo_key
 from control.sessions import SessionRegistry, ThreadSession
+from core.ids import InvalidInput, ThreadRef, check_branch, check_id, check_thread_id, thread_branch
+from core.jsonfile import read_json_file, write_json_atomic
 from edge.settings import Settings
-from preview.locator import ThreadRef, thread_folder
+from preview.locator import thread_folder
 
 log = logging.getLogger("edge.control.workspaces")
 
@@ -373,7 +373,7 @@ class Workspaces:
         except ValueError as exc:  # a concurrent init named the thread or the session otherwise
             raise ControlError(409, str(exc)) from None
         context_path = self.context_path(client_id, user_id, thread_id)
-        context = read_json_object(context_path) or {"created": now}
+        context = read_json_file(context_path) or {"created": now}
         context.update(
             threadId=thread_id,
             clientId=client_id,
@@ -387,7 +387,7 @@ class Workspaces:
         )
         write_json_atomic(context_path, context)
         metadata_path = self.metadata_path(client_id, user_id)
-        metadata = read_json_object(metadata_path) or {"created": now}
+        metadata = read_json_file(metadata_path) or {"created": now}
         metadata.update(clientId=client_id, userId=user_id, repoUrl=origin, defaultBranch=default_branch, updated=now)
         write_json_atomic(metadata_path, metadata)
         return session

@@ -22,8 +22,9 @@ from typing import NamedTuple
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from core.ids import is_session_id
 from edge import reserved
-from edge.hostpolicy import HostPolicy, is_session_id, split_host
+from edge.hostpolicy import HostPolicy, split_host
 from edge.routing import Match, MatchKind, Redirect, cookie_session, is_navigation, match_prefix
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]

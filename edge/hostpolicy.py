@@ -11,18 +11,9 @@ import functools
 import ipaddress
 import re
 
-# A session id: the same rule as the control API's ids (letters, digits, _ - .,
-# no leading '.' or '-', at most 64 characters).
-SESSION_ID = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
-_SESSION_ID_RE = re.compile(SESSION_ID)
 # Host names are matched case-insensitively; in a host label, '.' and '_' are
 # not usable, so host mode only finds sessions whose id is a valid label.
 _HOST_SESSION = r"(?P<session>[a-z0-9][a-z0-9-]{0,62})"
-
-
-def is_session_id(value: str) -> bool:
-    """True when ``value`` may name a session (and so appear in a path)."""
-    return _SESSION_ID_RE.fullmatch(value) is not None and ".." not in value  # not match(): "$" allows a final newline
 
 
 @functools.lru_cache(maxsize=256)

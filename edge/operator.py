@@ -23,9 +23,9 @@ from aiohttp import web
 
 from control.sessions import REGISTRY
 from control.tracking import TRACKER
+from core.ids import is_session_id
 from edge import __version__, auth, keys
 from edge.headers import make_peer
-from edge.hostpolicy import is_session_id
 from preview.appkeys import PREVIEWS
 
 REFRESH_SECONDS = 3

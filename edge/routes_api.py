@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from core.ids import is_session_id
+from core.jsonbody import json_error, read_json_body
 from edge import keys
-from edge.hostpolicy import is_session_id
-from edge.jsonbody import json_error, read_json_object
 from edge.routing import Route, RouteError, parse_target
 
 
@@ -37,7 +37,7 @@ async def get_route(request: web.Request) -> web.Response:
 
 async def put_route(request: web.Request) -> web.Response:
     session_id = _session_id(request)
-    body = await read_json_object(request)
+    body = await read_json_body(request)
     try:
         target = parse_target(body.get("target"), request.app[keys.SETTINGS].upstream_networks)
     except RouteError as exc:

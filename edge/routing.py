@@ -21,7 +21,7 @@ from typing import Awaitable, Callable, Iterable, NamedTuple
 
 from yarl import URL
 
-from edge.hostpolicy import SESSION_ID
+from core.ids import SESSION_ID
 
 SESSION_COOKIE = "edge_session"
 _PREFIX_RE = re.compile(rf"^/session/(?P<session>{SESSION_ID})(?P<rest>/.*)?$", re.DOTALL)

@@ -13,11 +13,12 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from core.ids import ThreadRef
 from edge import keys
 from edge.health import HEALTH_FIELDS
 from preview import api
 from preview.appkeys import PREVIEWS
-from preview.locator import Locator, ThreadRef, thread_folder
+from preview.locator import Locator, thread_folder
 from preview.supervisor import PreviewState, PreviewSupervisor
 
 __all__ = [

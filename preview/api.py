@@ -6,10 +6,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from edge.jsonbody import json_error
-from preview.build import build_site
+from core.ids import ThreadRef
+from core.jsonbody import json_error
 from preview.appkeys import PREVIEWS
-from preview.locator import ThreadRef
+from preview.build import build_site
 from preview.node import PreviewError
 from preview.supervisor import Preview, PreviewState, PreviewSupervisor
 

@@ -8,21 +8,9 @@ whoever owns sessions implements: in the edge, control's session registry
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from edge.hostpolicy import is_session_id
-
-
-class ThreadRef(NamedTuple):
-    """A conversation thread: ``WORKSPACE_PATH/<client>/<user>/threads/<thread>``."""
-
-    client_id: str
-    user_id: str
-    thread_id: str
-
-    def valid(self) -> bool:
-        """Ids are letters, digits, ``_ - .``; no ``..``, no leading ``-`` or ``.``; at most 64."""
-        return all(is_session_id(part) for part in self)
+from core.ids import ThreadRef
 
 
 def thread_folder(workspace: Path, thread: ThreadRef) -> Path:

@@ -18,8 +18,8 @@ from typing import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from control.ids import thread_branch
 from control.sessions import SessionRegistry, ThreadSession
+from core.ids import thread_branch
 from edge.settings import Settings
 from preview.procs import group_members
 from tests.conftest import RunningServer, free_port

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from control.jsonfile import read_json_object, write_json_atomic
+from core.jsonfile import read_json_file, write_json_atomic
 from tests.fixtures_claude import agent_pids, process_gone, sigterm_during_a_hung_call, sse_events, wait_gone
 from tests.fixtures_git import TEST_TOKEN, git
 
@@ -141,11 +141,11 @@ async def test_a_session_that_cannot_be_resumed_starts_a_new_one(claude_thread, 
     api, worktree = await start_real(claude_thread, edge_claude_env)
     path = worktree.parent.parent / ".claude" / "threads" / "t1.json"
     gone = str(uuid.uuid4())
-    write_json_atomic(path, {**(read_json_object(path) or {}), "claudeSessionId": gone})
+    write_json_atomic(path, {**(read_json_file(path) or {}), "claudeSessionId": gone})
     bedrock_model.say(bedrock_model.text("Fresh start."))
     answer = await api.call("POST", "/api/execute", body("hello again"))
     assert answer.status == 200, answer.text
-    assert read_json_object(path)["claudeSessionId"] == answer.body["agentSessionId"] != gone
+    assert read_json_file(path)["claudeSessionId"] == answer.body["agentSessionId"] != gone
 
 
 async def test_progress_is_streamed_as_server_sent_events(claude_thread, edge_claude_env, bedrock_model):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from control.jsonfile import read_json_object
+from core.jsonfile import read_json_file
 from tests.fixtures_claude import sse_events
 from tests.fixtures_git import git
 
@@ -16,7 +16,7 @@ PAGE = "src/pages/index.astro"
 
 
 def context(worktree: Path, thread: str = "t1") -> dict:
-    return read_json_object(worktree.parent.parent / ".claude" / "threads" / f"{thread}.json") or {}
+    return read_json_file(worktree.parent.parent / ".claude" / "threads" / f"{thread}.json") or {}
 
 
 def head(worktree: Path, home: Path) -> str:

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("edge", "control", "preview")
+PACKAGES = ("core", "edge", "control", "preview")
 
 
 def test_the_wheel_contains_every_module_of_the_source_tree(tmp_path):

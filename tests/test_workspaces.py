@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from control.ids import InvalidInput
 from control.repourl import RepoUrlError, parse_repo_url, pull_request_url
 from control.sessions import REGISTRY, SECRET_FILE, SessionRegistry, ThreadSession, session_id_for
 from control.workspaces import WORKSPACES
-from edge.hostpolicy import is_session_id
+from core.ids import InvalidInput, is_session_id
 from tests.fixtures_git import git
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

@@ -1,20 +1,39 @@
-"""The ids that become folder names and branch names: checked before any path is built.
+"""The ids that become folder names, branch names and session paths: checked before any path is built.
 
-clientId, userId and threadId follow the same rule as session ids
-(``edge.hostpolicy.is_session_id``): letters, digits, ``_ - .``, no leading
-``.`` or ``-``, no ``..``, at most 64 characters. One definition, used by both.
+clientId, userId, threadId and session ids follow one rule: letters, digits,
+``_ - .``, no leading ``.`` or ``-``, no ``..``, at most 64 characters. One
+definition, used by the edge's routing, the control plane and the previews.
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
-from edge.hostpolicy import is_session_id
-
+# A session id (also the rule of client, user and thread ids).
+SESSION_ID = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+_SESSION_ID_RE = re.compile(SESSION_ID)
 THREAD_BRANCH_PREFIX = "thread-"
 
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _BRANCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+
+
+def is_session_id(value: str) -> bool:
+    """True when ``value`` may name a session (and so appear in a path)."""
+    return _SESSION_ID_RE.fullmatch(value) is not None and ".." not in value  # not match(): "$" allows a final newline
+
+
+class ThreadRef(NamedTuple):
+    """A conversation thread: ``WORKSPACE_PATH/<client>/<user>/threads/<thread>``."""
+
+    client_id: str
+    user_id: str
+    thread_id: str
+
+    def valid(self) -> bool:
+        """Ids are letters, digits, ``_ - .``; no ``..``, no leading ``-`` or ``.``; at most 64."""
+        return all(is_session_id(part) for part in self)
 
 
 class InvalidInput(ValueError):

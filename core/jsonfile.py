@@ -34,7 +34,7 @@ def write_json_atomic(path: Path, data: object) -> None:
         os.close(dir_fd)
 
 
-def read_json_object(path: Path) -> dict | None:
+def read_json_file(path: Path) -> dict | None:
     """The JSON object in ``path``; None when the file is missing or not a JSON object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -25,7 +25,7 @@ def json_error(status: int, error: str, **extra: object) -> web.HTTPException:
     return JsonError(status, error, **extra)
 
 
-async def read_json_object(request: web.Request, limit: int = MAX_JSON_BODY) -> dict:
+async def read_json_body(request: web.Request, limit: int = MAX_JSON_BODY) -> dict:
     """The request's JSON object; 413 when too large, 400 when not a JSON object (or nested too deeply)."""
     if request.content_length is not None and request.content_length > limit:
         raise json_error(413, f"request body larger than {limit} bytes")

@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-log = logging.getLogger("edge.control.dynamo")
+log = logging.getLogger(__name__)
 
 TTL_SECONDS = 30 * 60
 CONNECT_TIMEOUT = 2.0

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-log = logging.getLogger("edge.control.recovery")
+log = logging.getLogger(__name__)
 
 HALF_CLONE_PREFIX = ".project.tmp-"
 

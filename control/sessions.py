@@ -40,7 +40,7 @@ from aiohttp import web
 
 from core.jsonfile import read_json_file, write_json_atomic
 
-log = logging.getLogger("edge.control.sessions")
+log = logging.getLogger(__name__)
 
 REGISTRY_FILE = Path(".edge") / "sessions.json"
 SECRET_FILE = Path(".edge") / "session-secret"

@@ -19,7 +19,7 @@ from edge.headers import is_trusted
 if TYPE_CHECKING:
     from edge.settings import Settings
 
-log = logging.getLogger("edge.limits")  # the server limits' logger, as before the guard had a module
+log = logging.getLogger(__name__)
 
 REFUSAL_LOG_INTERVAL = 60.0
 

@@ -50,7 +50,7 @@ from yarl import URL
 from edge.flow import ProxyFlow
 from edge.redact import redact_headers, redact_query
 
-log = logging.getLogger("edge.flowfile")
+log = logging.getLogger(__name__)
 
 CLIENT_SIDE = "client side"
 UPSTREAM_SIDE = "upstream side"

@@ -53,7 +53,7 @@ from edge.headers import client_address
 if TYPE_CHECKING:
     from edge.fastpath import FastPath
 
-log = logging.getLogger("edge.limits")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import orjson
 from edge.flow import ProxyFlow
 from edge.redact import redact_query
 
-log = logging.getLogger("edge.proxy")
+log = logging.getLogger(__name__)
 # POSIX: writes of up to this many bytes to a pipe are atomic (counted in characters: the log is nearly all ASCII).
 PIPE_BUF = 4096
 _encode_slowly = json.JSONEncoder(separators=(",", ":"), default=dataclasses.asdict).encode

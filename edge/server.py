@@ -34,16 +34,16 @@ from aiohttp import web
 from edge import keys
 from edge.app import create_app
 from edge.auth import exposure_problem, is_loopback
-from edge.fastpath import FAST_PATH
-from edge.workers import WORKERS
 from edge.connguard import ConnectionGuard
+from edge.fastpath import FAST_PATH
 from edge.limits import EdgeSite
 from edge.proxylog import ProxyLog
 from edge.settings import Settings, SettingsError
 from edge.stopping import STOPPING
+from edge.workers import WORKERS
 from preview.appkeys import PREVIEWS
 
-log = logging.getLogger("edge")
+log = logging.getLogger(__name__)
 
 # How long past EDGE_DRAIN_SECONDS stopping may take (dev servers' SIGTERM grace, flushing state).
 STOP_MARGIN = 15.0

@@ -24,19 +24,21 @@ from aiohttp import web
 from yarl import URL
 
 from edge import keys, workers
+from edge.connguard import ConnectionGuard
 from edge.fastpath import FastPath, FrontProtocol, Tally
 from edge.hostpolicy import HostPolicy
 from edge.idle import IDLE, IdleWatch
-from edge.connguard import ConnectionGuard
 from edge.proxylog import JsonLines, ProxyLog
 from edge.routing import Route, SessionTable
 from edge.settings import Settings
 
-log = logging.getLogger("edge.worker")
+log = logging.getLogger(__name__)
 MAX_RECORDS = 50  # proxy records per report (the operator page shows the latest)
 
 
-class Worker:
+class WorkerServer:
+    """What runs inside a worker process: the fast path on its share of the connections, reporting to the main process."""
+
     def __init__(self, channel: socket.socket, settings: Settings) -> None:
         self.channel = channel
         self.settings = settings
@@ -145,7 +147,7 @@ async def main_async(fd: int) -> None:
     settings, host, port, number = pickle.loads(first[1:])
     channel.setblocking(False)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s[worker {number}]: %(message)s")
-    await Worker(channel, settings).run(host, port)
+    await WorkerServer(channel, settings).run(host, port)
 
 
 def main(argv: list[str]) -> int:

@@ -53,7 +53,7 @@ from edge.idle import IDLE
 from edge.routing import RouteState
 from edge.settings import Settings
 
-log = logging.getLogger("edge.workers")
+log = logging.getLogger(__name__)
 
 # Message kinds: one byte, then the payload.
 SETTINGS, ROUTES, HANDOVER, MORE, TELEMETRY = b"S", b"R", b"H", b"M", b"T"
@@ -114,7 +114,7 @@ Adopt = Callable[[socket.socket, bytes], None]
 
 
 @dataclass
-class Worker:
+class WorkerHandle:
     """One worker process, as the main process sees it."""
 
     number: int
@@ -131,7 +131,7 @@ class WorkerPool:
     def __init__(self, app: web.Application, count: int) -> None:
         self.app = app
         self.count = count
-        self.workers: dict[int, Worker] = {}
+        self.workers: dict[int, WorkerHandle] = {}
         self.stopping = False
         self._adopt: Adopt | None = None
         self._address: tuple[str, int] = ("", 0)
@@ -154,7 +154,7 @@ class WorkerPool:
         finally:
             theirs.close()
         ours.setblocking(False)
-        worker = Worker(number, process, ours)
+        worker = WorkerHandle(number, process, ours)
         self.workers[number] = worker
         settings: Settings = self.app[keys.SETTINGS]
         # What a worker needs; no tokens (it never calls git or checks the API token).
@@ -167,7 +167,7 @@ class WorkerPool:
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
 
-    async def _watch(self, worker: Worker) -> None:
+    async def _watch(self, worker: WorkerHandle) -> None:
         code = await worker.process.wait()
         self._forget(worker)
         if self.stopping:
@@ -180,7 +180,7 @@ class WorkerPool:
         log.error("edge worker %d exited (status %s); starting it again", worker.number, code)
         await self._spawn(worker.number)
 
-    def _forget(self, worker: Worker) -> None:
+    def _forget(self, worker: WorkerHandle) -> None:
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
         try:
@@ -197,7 +197,7 @@ class WorkerPool:
         for worker in list(self.workers.values()):
             self._send_routes(worker)
 
-    def _send_routes(self, worker: Worker) -> None:
+    def _send_routes(self, worker: WorkerHandle) -> None:
         table = self.app[keys.SESSIONS]
         ready = [
             [route.session_id, str(route.target)]
@@ -212,7 +212,7 @@ class WorkerPool:
 
     # -- workers → main ----------------------------------------------------
 
-    def _readable(self, worker: Worker) -> None:
+    def _readable(self, worker: WorkerHandle) -> None:
         messages = receive(worker.channel)
         for kind, payload, fds in messages or ():
             try:
@@ -222,7 +222,7 @@ class WorkerPool:
         if messages is None:
             asyncio.get_running_loop().remove_reader(worker.channel.fileno())
 
-    def _handle(self, worker: Worker, kind: bytes, payload: bytes, fds: list[int]) -> None:
+    def _handle(self, worker: WorkerHandle, kind: bytes, payload: bytes, fds: list[int]) -> None:
         if kind == HANDOVER and fds:
             if worker.arriving is not None:
                 worker.arriving[0].close()
@@ -245,7 +245,7 @@ class WorkerPool:
             assert self._adopt is not None
             self._adopt(sock, b"".join(parts))
 
-    def _apply(self, worker: Worker, report: dict) -> None:
+    def _apply(self, worker: WorkerHandle, report: dict) -> None:
         """A worker's telemetry: fold it into this process's activity, metrics and recent records."""
         table = self.app[keys.SESSIONS]
         for session_id, at in report["activity"].items():

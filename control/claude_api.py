@@ -29,16 +29,16 @@ from typing import Callable
 
 from aiohttp import web
 
-from control.api import MAX_BODY, _api, _ok, public_origin
-from control.errors import ControlError
+from control.api import MAX_BODY, ok, public_origin
 from control.executors import make_executor
 from control.runs import RUNNER, Run, Runner, is_destructive
+from control.services import SETTINGS
 from control.sessions import REGISTRY
 from control.threads import THREADS, ThreadOpener
 from control.workspaces import WORKSPACES
-from core.ids import InvalidInput, ThreadRef, check_id, check_session_name, check_thread_id
+from core.errors import Invalid, NotFound
+from core.ids import ThreadRef, check_id, check_session_name, check_thread_id
 from core.jsonbody import read_json_body
-from edge import keys, stopping
 
 MAX_INSTRUCTION = 64 * 1024
 PLAN_WORDS = ("plan", "planning")
@@ -49,9 +49,9 @@ Render = Callable[[dict], dict]
 def _instruction(body: dict) -> str:
     value = body.get("instruction")
     if not isinstance(value, str) or not value.strip():
-        raise InvalidInput("instruction is required: a non-empty string")
+        raise Invalid("instruction is required: a non-empty string")
     if len(value) > MAX_INSTRUCTION or "\0" in value:
-        raise InvalidInput(f"instruction must be text of at most {MAX_INSTRUCTION} characters, without NUL")
+        raise Invalid(f"instruction must be text of at most {MAX_INSTRUCTION} characters, without NUL")
     return value.strip()
 
 
@@ -60,11 +60,11 @@ def _flag(body: dict, name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise InvalidInput(f"{name} must be a boolean")
+        raise Invalid(f"{name} must be a boolean")
     return value
 
 
-def _ready(app: web.Application, key: tuple[str, str, str]) -> None:
+def _ready(app: web.Application, key: ThreadRef) -> None:
     """404 (or 409 while /api/init runs) before anything starts on a thread that is not there."""
     ws = app[WORKSPACES]
     if not (ws.thread_path(*key) / ".git").is_file():
@@ -76,8 +76,8 @@ def _known_session(request: web.Request) -> ThreadRef:
     session_id = check_id("sessionId", request.match_info["session_id"])
     session = request.app[REGISTRY].get(session_id)
     if session is None:
-        raise ControlError(
-            404, f"Session not found: {session_id!r} is not a session of this editing environment",
+        raise NotFound(
+            f"Session not found: {session_id!r} is not a session of this editing environment",
             hint="a session starts with POST /api/claude/<sessionId>/execute or /api/init",
         )
     return ThreadRef(*session.key)
@@ -88,7 +88,7 @@ def _user_email(body: dict) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or len(value) > 254 or any(c in value for c in "\0\r\n"):
-        raise InvalidInput("userEmail must be an e-mail address of at most 254 characters")
+        raise Invalid("userEmail must be an e-mail address of at most 254 characters")
     return value
 
 
@@ -152,7 +152,7 @@ async def _answer(request: web.Request, run: Run, render: Render, final_event: s
     """The run's result as JSON (waiting for it), or its events as they happen."""
     if not _wants_stream(request):
         # asyncio.wait never cancels the run, whether it times out or the handler is cancelled (client gone).
-        limit = request.app[keys.SETTINGS].hermes_reply_seconds or None
+        limit = request.app[SETTINGS].hermes_reply_seconds or None
         done, _ = await asyncio.wait({run.task}, timeout=limit)  # type: ignore[arg-type]
         result = run.task.result() if done else _in_progress(run)  # type: ignore[union-attr]
         return web.json_response(render(result), status=_status(result))
@@ -173,15 +173,14 @@ async def _answer(request: web.Request, run: Run, render: Render, final_event: s
     return response
 
 
-@_api
 async def execute(request: web.Request) -> web.StreamResponse:
     """``POST /api/execute``: run an instruction on a thread (none named: the default thread, opened if needed)."""
-    settings = request.app[keys.SETTINGS]
+    settings = request.app[SETTINGS]
     body = await read_json_body(request, MAX_BODY)
     instruction = _instruction(body)
     mode = body.get("mode")
     if mode is not None and not isinstance(mode, str):
-        raise InvalidInput("mode must be a string")
+        raise Invalid("mode must be a string")
     auto_commit = _flag(body, "autoCommit", True)
     if body.get("threadId") is None and body.get("clientId") is None and body.get("userId") is None:
         key = await request.app[THREADS].default_thread(public_origin(request))  # Hermes' first instruction
@@ -196,7 +195,6 @@ async def execute(request: web.Request) -> web.StreamResponse:
     return await _answer(request, run, _hermes)  # Hermes' first call reads the same fields as its later ones
 
 
-@_api
 async def hermes_execute(request: web.Request) -> web.StreamResponse:
     """``POST /api/claude/<sessionId>/execute``: Hermes' call; destructive instructions get a plan first.
 
@@ -218,11 +216,10 @@ async def hermes_execute(request: web.Request) -> web.StreamResponse:
 def _approval_token(body: dict) -> str:
     token = body.get("approvalToken")
     if not isinstance(token, str) or not token or len(token) > 512:
-        raise InvalidInput("approvalToken is required: a string")
+        raise Invalid("approvalToken is required: a string")
     return token
 
 
-@_api
 async def execute_approved(request: web.Request) -> web.StreamResponse:
     """``POST /api/claude/<sessionId>/execute-approved {approvalToken}``: run exactly the stored plan."""
     key = _known_session(request)
@@ -233,30 +230,27 @@ async def execute_approved(request: web.Request) -> web.StreamResponse:
     return await _answer(request, run, _hermes, "result")
 
 
-@_api
 async def reject_plan(request: web.Request) -> web.Response:
     """``POST /api/claude/<sessionId>/reject-plan {approvalToken}``: discard the plan; nothing changes."""
     key = _known_session(request)
     body = await read_json_body(request, MAX_BODY)
     token = _approval_token(body)
     plan = request.app[RUNNER].reject(token, key)
-    return _ok({"rejected": True, "planId": plan.plan_id, "instruction": plan.instruction, "threadId": plan.thread_id,
+    return ok({"rejected": True, "planId": plan.plan_id, "instruction": plan.instruction, "threadId": plan.thread_id,
                 "summary": "The plan was discarded; nothing was changed."})
 
 
-@_api
 async def cancel(request: web.Request) -> web.Response:
     """``POST /api/claude/<sessionId>/cancel``: stop the running execution and wait until it has stopped."""
     key = _known_session(request)
     await read_json_body(request, MAX_BODY)
     run = request.app[RUNNER].active(*key)
     if run is None or not run.cancel():
-        return _ok({"cancelled": False, "message": "no execution is running on this thread", "threadId": key[2]})
+        return ok({"cancelled": False, "message": "no execution is running on this thread", "threadId": key[2]})
     result = await asyncio.shield(run.task)  # type: ignore[arg-type]
-    return _ok({"cancelled": True, "runId": run.run_id, "filesChanged": result["filesChanged"], "threadId": key[2]})
+    return ok({"cancelled": True, "runId": run.run_id, "filesChanged": result["filesChanged"], "threadId": key[2]})
 
 
-@_api
 async def status(request: web.Request) -> web.Response:
     """``GET /api/claude/<sessionId>/status``: the running execution, if any, and its events so far."""
     key = _known_session(request)
@@ -264,22 +258,24 @@ async def status(request: web.Request) -> web.Response:
     run = runner.active(*key)
     if run is None:
         last = runner.last_result(key)
-        return _ok({
+        return ok({
             "running": False, "threadId": key[2], "mode": runner.executor.name,
             "pendingPlans": [p.summary() for p in runner.plans.pending(key)],
             **({"lastResult": _hermes(last)} if last is not None else {}),
         })
-    return _ok({
+    return ok({
         "running": True, "threadId": key[2], "runId": run.run_id, "instruction": run.instruction,
         "mode": request.app[RUNNER].executor.name, "events": run.events,
     })
 
 
 def setup(app: web.Application) -> None:
-    """Add the Claude routes (call after ``control.api.setup``: it creates the workspaces)."""
-    app[RUNNER] = Runner(app[WORKSPACES], make_executor(app[keys.SETTINGS]))
+    """Add the Claude routes (call after ``control.api.setup``: it creates the workspaces).
+
+    The host waits for ``app[RUNNER].drain`` as it stops (the edge adds it to its drains).
+    """
+    app[RUNNER] = Runner(app[WORKSPACES], make_executor(app[SETTINGS]))
     app[THREADS] = ThreadOpener(app)
-    stopping.add_drain(app, app[RUNNER].drain)
     app.router.add_post("/api/execute", execute)
     session = "/api/claude/{session_id}"
     app.router.add_post(f"{session}/execute", hermes_execute)

@@ -34,10 +34,10 @@ from git.exc import UnsafeOptionError, UnsafeProtocolError
 from git.remote import Remote
 from git.repo.base import Repo
 
-from edge.settings import Settings
+from control.settings import ControlSettings
 from preview.process import signal_group
 
-log = logging.getLogger("edge.control.git")
+log = logging.getLogger(__name__)
 
 TOKEN_USERNAME = "x-access-token"
 MAX_STDERR = 64 * 1024
@@ -115,7 +115,7 @@ class GitError(Exception):
 class GitRunner:
     """Runs ``git`` for the control API with the protective config and environment."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ControlSettings) -> None:
         self._token = settings.github_token
         protocols = ["https"] + (["file"] if settings.git_allow_local else [])
         env = dict(settings.child_env)

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from control.errors import ControlError
+from control.errors import git_failure
 from control.gitcmd import GitError
 from control.repourl import pull_request_url
-from control.workspaces import Workspaces, failure
-from core.ids import check_branch
+from control.workspaces import Workspaces
+from core.errors import Conflict, DomainError, Forbidden, NotFound
+from core.ids import ThreadRef, check_branch
 from core.jsonfile import read_json_file, write_json_atomic
 
 CHANGE_KINDS = ("modified", "added", "deleted", "untracked", "conflicted")
 
 
-async def status(ws: Workspaces, client_id: str, user_id: str, thread_id: str) -> dict:
+async def status(ws: Workspaces, key: ThreadRef) -> dict:
     """Branch, cleanliness, ahead/behind and changes by kind (no lock: read-only, no optional locks)."""
+    client_id, user_id, thread_id = key
     worktree = ws.thread_path(client_id, user_id, thread_id)
     if not (worktree / ".git").is_file():
         raise ws.not_ready(client_id, user_id, thread_id)
@@ -118,8 +120,9 @@ def _kind(xy: str) -> str:
     return "modified"
 
 
-async def commit(ws: Workspaces, client_id: str, user_id: str, thread_id: str, message: str) -> dict:
+async def commit(ws: Workspaces, key: ThreadRef, message: str) -> dict:
     """Commit every change in the worktree with a ``Thread-ID`` trailer (then push if GIT_AUTO_PUSH)."""
+    client_id, user_id, thread_id = key
     async with ws.thread_lock(client_id, user_id, thread_id):
         worktree = await ws.open_thread(client_id, user_id, thread_id)
         try:
@@ -142,7 +145,7 @@ async def commit(ws: Workspaces, client_id: str, user_id: str, thread_id: str, m
                 input=message,
             )
         except GitError as exc:
-            raise failure(exc, "commit") from None
+            raise git_failure(exc, "commit") from None
         result = {
             "committed": True,
             "commit": await _head(ws, worktree),
@@ -154,13 +157,14 @@ async def commit(ws: Workspaces, client_id: str, user_id: str, thread_id: str, m
         if ws.settings.git_auto_push:
             try:
                 result.update(await _push(ws, client_id, user_id, worktree, force=False))
-            except ControlError as exc:
+            except DomainError as exc:
                 result.update(pushed=False, pushError=exc.message)
         return result
 
 
-async def push(ws: Workspaces, client_id: str, user_id: str, thread_id: str, force: bool) -> dict:
+async def push(ws: Workspaces, key: ThreadRef, force: bool) -> dict:
     """Push the thread's branch (with upstream); protected branches are refused."""
+    client_id, user_id, thread_id = key
     async with ws.thread_lock(client_id, user_id, thread_id):
         worktree = await ws.open_thread(client_id, user_id, thread_id)
         return await _push(ws, client_id, user_id, worktree, force=force)
@@ -169,10 +173,10 @@ async def push(ws: Workspaces, client_id: str, user_id: str, thread_id: str, for
 async def _push(ws: Workspaces, client_id: str, user_id: str, worktree: Path, *, force: bool) -> dict:
     branch = await ws.current_branch(worktree)
     if branch is None:
-        raise ControlError(409, "the worktree is on a detached HEAD; switch to a branch before pushing")
+        raise Conflict("the worktree is on a detached HEAD; switch to a branch before pushing")
     if branch in ws.settings.git_protected_branches:
-        raise ControlError(
-            403, f"pushing to the protected branch {branch!r} is not allowed", hint="see GIT_PROTECTED_BRANCHES"
+        raise Forbidden(
+            f"pushing to the protected branch {branch!r} is not allowed", hint="see GIT_PROTECTED_BRANCHES"
         )
     refspec = f"refs/heads/{branch}:refs/heads/{branch}"
     async with ws.user_lock(client_id, user_id):
@@ -183,17 +187,16 @@ async def _push(ws: Workspaces, client_id: str, user_id: str, worktree: Path, *,
             result = await ws.git.run(args, cwd=worktree)
         except GitError as exc:
             if "protected branch" in exc.stderr + exc.stdout:
-                raise ControlError(
-                    403, f"the remote refused {branch!r} (a protected branch)", details=exc.summary
+                raise Forbidden(
+                    f"the remote refused {branch!r} (a protected branch)", details=exc.summary
                 ) from None
             if exc.kind == "rejected":
-                raise ControlError(
-                    409,
+                raise Conflict(
                     f"the push of {branch!r} was rejected: the remote branch has commits this thread does not have",
                     hint="pull first (POST /api/git/pull/...), or fetch and push with force: true (--force-with-lease)",
                     details=exc.summary,
                 ) from None
-            raise failure(exc, "push") from None
+            raise git_failure(exc, "push") from None
     flags = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
     return {
         "pushed": True,
@@ -205,22 +208,22 @@ async def _push(ws: Workspaces, client_id: str, user_id: str, worktree: Path, *,
     }
 
 
-async def pull(ws: Workspaces, client_id: str, user_id: str, thread_id: str, branch: str | None) -> dict:
+async def pull(ws: Workspaces, key: ThreadRef, branch: str | None) -> dict:
     """Merge ``origin/<branch>`` (default: the thread's own branch) into the worktree.
 
     Needs no uncommitted changes to tracked files, so an aborted merge restores
     exactly the state before it; a conflict is aborted and answered with 409.
     """
+    client_id, user_id, thread_id = key
     async with ws.thread_lock(client_id, user_id, thread_id):
         worktree = await ws.open_thread(client_id, user_id, thread_id)
         current = await ws.current_branch(worktree)
         source = check_branch(branch) if branch is not None else current
         if source is None:
-            raise ControlError(409, "the worktree is on a detached HEAD; name the branch to pull")
+            raise Conflict("the worktree is on a detached HEAD; name the branch to pull")
         dirty = await ws.git.run(["status", "--porcelain", "-z", "--untracked-files=no"], cwd=worktree)
         if dirty.stdout.strip("\0"):
-            raise ControlError(
-                409,
+            raise Conflict(
                 "the thread has uncommitted changes; commit them before pulling",
                 files=[entry[3:] for entry in dirty.stdout.split("\0") if len(entry) > 3],
             )
@@ -239,8 +242,8 @@ async def pull(ws: Workspaces, client_id: str, user_id: str, thread_id: str, bra
                         "head": await _head(ws, worktree),
                         "message": f"origin has no branch {source!r} yet",
                     }
-                raise ControlError(404, f"origin has no branch {source!r}")
-            raise failure(GitError("fetch", fetched.returncode, fetched.stderr), "pull")
+                raise NotFound(f"origin has no branch {source!r}")
+            raise git_failure(GitError("fetch", fetched.returncode, fetched.stderr), "pull")
         before = await _head(ws, worktree)
         merged = await ws.git.run(["merge", "--no-edit", f"refs/remotes/origin/{source}"], cwd=worktree, check=False)
         if merged.returncode != 0:
@@ -265,23 +268,22 @@ async def _undo_merge(ws: Workspaces, worktree: Path, before: str | None, output
     if before is not None and await _head(ws, worktree) != before:
         await ws.git.run(["reset", "--keep", before], cwd=worktree)
     if conflicts:
-        raise ControlError(
-            409,
+        raise Conflict(
             "the pull conflicts with this thread's changes; the merge was aborted and the worktree is unchanged",
             conflicts=conflicts,
             hint="resolve by editing on the thread (or ask Claude), commit, and pull again",
         )
     files = [line.strip() for line in output.splitlines() if line.startswith("\t")]
-    raise ControlError(
-        409,
+    raise Conflict(
         "the pull could not be merged; the worktree is unchanged",
         files=files,
         details=" | ".join(line for line in output.splitlines() if line.strip() and not line.startswith("\t"))[-500:],
     )
 
 
-async def fetch(ws: Workspaces, client_id: str, user_id: str, thread_id: str) -> dict:
+async def fetch(ws: Workspaces, key: ThreadRef) -> dict:
     """Update the remote-tracking branches of the user's clone, then report the thread's status."""
+    client_id, user_id, thread_id = key
     worktree = ws.thread_path(client_id, user_id, thread_id)
     if not (worktree / ".git").is_file():
         raise ws.not_ready(client_id, user_id, thread_id)
@@ -291,14 +293,15 @@ async def fetch(ws: Workspaces, client_id: str, user_id: str, thread_id: str) ->
         try:
             await ws.git.run(["fetch", "--prune", "origin"], cwd=worktree)
         except GitError as exc:
-            raise failure(exc, "fetch") from None
+            raise git_failure(exc, "fetch") from None
     return {"fetched": True, **await _status(ws, client_id, user_id, worktree)}
 
 
 async def switch_branch(
-    ws: Workspaces, client_id: str, user_id: str, thread_id: str, branch: str, create: bool
+    ws: Workspaces, key: ThreadRef, branch: str, create: bool
 ) -> dict:
     """Put the thread's worktree on ``branch`` (new from HEAD with ``create``); changes are kept or git refuses."""
+    client_id, user_id, thread_id = key
     branch = check_branch(branch)
     async with ws.thread_lock(client_id, user_id, thread_id):
         worktree = await ws.open_thread(client_id, user_id, thread_id)
@@ -310,8 +313,8 @@ async def switch_branch(
             async with ws.user_lock(client_id, user_id):
                 if create:
                     if exists:
-                        raise ControlError(
-                            409, f"the branch {branch!r} already exists", hint="switch to it with createNew: false"
+                        raise Conflict(
+                            f"the branch {branch!r} already exists", hint="switch to it with createNew: false"
                         )
                     await ws.git.run(["switch", "--no-guess", "-c", branch], cwd=worktree)
                 elif exists:
@@ -325,23 +328,23 @@ async def switch_branch(
                     )
                     if fetched.returncode != 0:
                         if "couldn't find remote ref" in fetched.stderr:
-                            raise ControlError(
-                                404, f"no branch {branch!r} here or on origin", hint="use createNew: true to create it"
+                            raise NotFound(
+                                f"no branch {branch!r} here or on origin", hint="use createNew: true to create it"
                             )
-                        raise failure(GitError("fetch", fetched.returncode, fetched.stderr), "branch")
+                        raise git_failure(GitError("fetch", fetched.returncode, fetched.stderr), "branch")
                     await ws.git.run(
                         ["switch", "--no-guess", "--track", "-c", branch, f"origin/{branch}"], cwd=worktree
                     )
         except GitError as exc:
             if "already" in exc.stderr and ("checked out" in exc.stderr or "used by worktree" in exc.stderr):
-                raise ControlError(
-                    409, f"the branch {branch!r} is checked out in another worktree", details=exc.summary
+                raise Conflict(
+                    f"the branch {branch!r} is checked out in another worktree", details=exc.summary
                 ) from None
             if "overwritten" in exc.stderr:
-                raise ControlError(
-                    409, "switching would overwrite uncommitted changes; commit first", details=exc.summary
+                raise Conflict(
+                    "switching would overwrite uncommitted changes; commit first", details=exc.summary
                 ) from None
-            raise failure(exc, "branch") from None
+            raise git_failure(exc, "branch") from None
         _remember_branch(ws, client_id, user_id, thread_id, branch)
         return {"switched": True, "created": create or not exists, "branch": branch, "previousBranch": previous}
 

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 from git.cmd import Git
 from git.exc import UnsafeProtocolError
 
-from core.ids import InvalidInput
+from core.errors import Invalid
 
 MAX_URL = 2048
 _TRANSPORT_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
@@ -26,7 +26,7 @@ _PATH_RE = re.compile(r"/[A-Za-z0-9._~%+/-]+")
 _HOST_RE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 
 
-class RepoUrlError(InvalidInput):
+class RepoUrlError(Invalid):
     """A repoUrl (or a remote URL found on disk) outside the policy."""
 
 

@@ -36,12 +36,13 @@ from typing import AsyncIterator, Callable
 from aiohttp import web
 
 from control import gitops
-from control.errors import ControlError
 from control.executors import ExecutionError, Executor, RunRequest, RunResult
 from control.workspaces import Workspaces
+from core.errors import Conflict, DomainError, Gone, Invalid, NotFound, http_status
+from core.ids import ThreadRef
 from core.jsonfile import read_json_file, write_json_atomic
 
-log = logging.getLogger("edge.control.runs")
+log = logging.getLogger(__name__)
 
 PLANS_FILE = Path(".edge") / "plans.json"
 MAX_HISTORY = 50  # instructions kept in the context file
@@ -60,7 +61,8 @@ def is_destructive(instruction: str) -> bool:
     return DESTRUCTIVE.search(instruction) is not None
 
 
-def iso(ts: float) -> str:
+def iso_millis(ts: float) -> str:
+    """ISO-8601 UTC to the millisecond (``2025-01-31T12:00:00.123Z``)."""
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -92,8 +94,8 @@ class Run:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.client_id, self.user_id, self.thread_id)
+    def key(self) -> ThreadRef:
+        return ThreadRef(self.client_id, self.user_id, self.thread_id)
 
     def emit(self, event: dict) -> None:
         self.events.append({"seq": len(self.events), "time": time.time(), "runId": self.run_id, **event})
@@ -139,8 +141,8 @@ class Plan:
     used: str = ""  # "", "approved" or "rejected"
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.client_id, self.user_id, self.thread_id)
+    def key(self) -> ThreadRef:
+        return ThreadRef(self.client_id, self.user_id, self.thread_id)
 
     def as_json(self) -> dict:
         return {
@@ -160,8 +162,8 @@ class Plan:
 
     def summary(self) -> dict:
         """What a caller may see of a plan (never its tokens)."""
-        return {"planId": self.plan_id, "instruction": self.instruction[:200], "createdAt": iso(self.created),
-                "expiresAt": iso(self.expires)}
+        return {"planId": self.plan_id, "instruction": self.instruction[:200], "createdAt": iso_millis(self.created),
+                "expiresAt": iso_millis(self.expires)}
 
 
 def _token_hash(token: str) -> str:
@@ -204,26 +206,26 @@ class PlanStore:
         self._save()
         return entry, token
 
-    def pending(self, key: tuple[str, str, str]) -> list[Plan]:
+    def pending(self, key: ThreadRef) -> list[Plan]:
         now = time.time()
         return [p for p in self._plans.values() if p.key == key and not p.used and now < p.expires]
 
-    def resolve(self, token: object, key: tuple[str, str, str]) -> Plan:
+    def resolve(self, token: object, key: ThreadRef) -> Plan:
         """The usable plan a token names on this thread (binding an unknown token to the single pending plan).
 
         404 unknown (or another thread's) with nothing pending, 409 several pending, 410 used or expired.
         """
         if not isinstance(token, str) or not token:
-            raise ControlError(400, "approvalToken is required")
+            raise Invalid("approvalToken is required")
         digest = _token_hash(token)
         plan = self._plans.get(self._by_token.get(digest, ""))
         if plan is None or plan.key != key:
             pending = self.pending(key)
             if not pending:
-                raise ControlError(404, "no plan is waiting for approval in this session (it may have expired)")
+                raise NotFound("no plan is waiting for approval in this session (it may have expired)")
             if len(pending) > 1:
-                raise ControlError(
-                    409, "several plans are waiting in this session; approve one with the approvalToken the edge gave it",
+                raise Conflict(
+                    "several plans are waiting in this session; approve one with the approvalToken the edge gave it",
                     plans=[p.summary() for p in sorted(pending, key=lambda p: p.created)],
                 )
             plan = pending[0]
@@ -231,9 +233,9 @@ class PlanStore:
             self._by_token[digest] = plan.plan_id
             self._save()
         if plan.used:
-            raise ControlError(410, f"this plan was already {plan.used}", planId=plan.plan_id)
+            raise Gone(f"this plan was already {plan.used}", planId=plan.plan_id)
         if time.time() >= plan.expires:
-            raise ControlError(410, "this plan has expired; ask for a new plan", expiredAt=iso(plan.expires))
+            raise Gone("this plan has expired; ask for a new plan", expiredAt=iso_millis(plan.expires))
         return plan
 
     def mark(self, plan: Plan, outcome: str) -> None:
@@ -283,8 +285,8 @@ class Runner:
         self.settings = ws.settings
         self.executor = executor
         self.plans = PlanStore(self.settings.plan_ttl_seconds, ws.root / PLANS_FILE)
-        self._active: dict[tuple[str, str, str], Run] = {}
-        self._last: dict[tuple[str, str, str], dict] = {}  # each thread's last result (status after "inProgress")
+        self._active: dict[ThreadRef, Run] = {}
+        self._last: dict[ThreadRef, dict] = {}  # each thread's last result (status after "inProgress")
         self._tasks: set[asyncio.Task] = set()
         # Told of each finished run (mode, success, seconds): the edge's metrics.
         self.observer: Callable[[str, bool, float], None] | None = None
@@ -297,17 +299,16 @@ class Runner:
     def active(self, client_id: str, user_id: str, thread_id: str) -> Run | None:
         return self._active.get((client_id, user_id, thread_id))
 
-    def last_result(self, key: tuple[str, str, str]) -> dict | None:
+    def last_result(self, key: ThreadRef) -> dict | None:
         """The thread's last finished run since the edge started (Hermes' status after an ``inProgress``)."""
         return self._last.get(tuple(key))  # type: ignore[arg-type]
 
     def check_idle(self, client_id: str, user_id: str, thread_id: str) -> None:
         running = self.active(client_id, user_id, thread_id)
         if running is not None:
-            raise ControlError(
-                409,
+            raise Conflict(
                 "Claude is already working on this thread; wait for it, or cancel it",
-                startedAt=iso(running.started),
+                startedAt=iso_millis(running.started),
                 runId=running.run_id,
                 instruction=running.instruction[:200],
             )
@@ -325,14 +326,14 @@ class Runner:
         run.task.add_done_callback(self._tasks.discard)
         return run
 
-    def approve(self, token: object, key: tuple[str, str, str]) -> Run:
+    def approve(self, token: object, key: ThreadRef) -> Run:
         """Execute exactly the stored plan (the plan is spent only when the run starts)."""
         plan = self.plans.resolve(token, key)
         self.check_idle(*key)
         self.plans.mark(plan, "approved")
         return self.start(*key, plan.instruction, auto_commit=plan.auto_commit, approved_plan=plan.plan)
 
-    def reject(self, token: object, key: tuple[str, str, str]) -> Plan:
+    def reject(self, token: object, key: ThreadRef) -> Plan:
         plan = self.plans.resolve(token, key)
         self.plans.mark(plan, "rejected")
         return plan
@@ -355,12 +356,12 @@ class Runner:
 
     async def _run(self, run: Run) -> dict:
         begin = time.monotonic()
-        run.emit({"type": "started", "mode": self.executor.name, "startedAt": iso(run.started),
+        run.emit({"type": "started", "mode": self.executor.name, "startedAt": iso_millis(run.started),
                   "planOnly": run.plan_only, "instruction": run.instruction})
         try:
             result = await self._execute(run, begin)
-        except ControlError as exc:
-            result = self._result(run, begin, RunResult(False, "", exc.message), [], None, exc.status)
+        except DomainError as exc:
+            result = self._result(run, begin, RunResult(False, "", exc.message), [], None, http_status(exc))
         except Exception:
             log.exception("Claude run %s failed unexpectedly", run.run_id)
             result = self._result(run, begin, RunResult(False, "", "internal error in the edge"), [], None, 500)
@@ -401,7 +402,7 @@ class Runner:
             plan, token = self.plans.add(run, outcome.output)
             result.update(
                 plan=plan.plan, planId=plan.plan_id, approvalToken=token, requiresApproval=True,
-                expiresAt=iso(plan.expires), summary=PLAN_SUMMARY,
+                expiresAt=iso_millis(plan.expires), summary=PLAN_SUMMARY,
             )
         self._record(run, outcome, result)
         return result
@@ -428,8 +429,8 @@ class Runner:
 
     async def _commit(self, run: Run) -> dict:
         try:
-            return await gitops.commit(self.ws, *run.key, commit_message(run.instruction))
-        except ControlError as exc:
+            return await gitops.commit(self.ws, run.key, commit_message(run.instruction))
+        except DomainError as exc:
             return {"committed": False, "commitError": exc.message}
 
     async def _snapshot(self, worktree: Path) -> dict[str, tuple[str, str | None]]:
@@ -455,7 +456,7 @@ class Runner:
             "mode": self.executor.name,
             "durationMs": int((time.monotonic() - begin) * 1000),
             "runId": run.run_id,
-            "startedAt": iso(run.started),
+            "startedAt": iso_millis(run.started),
             "clientId": run.client_id,
             "userId": run.user_id,
             "threadId": run.thread_id,

@@ -27,10 +27,10 @@ import re
 from aiohttp import web
 
 from control.dynamo import DYNAMO
-from control.errors import ControlError
 from control.repourl import RepoUrl, RepoUrlError, parse_repo_url
-from control.tracking import TRACKER
+from control.services import SESSION_SERVICE
 from control.workspaces import WORKSPACES, InitResult
+from core.errors import Failed, NotFound
 from core.ids import ThreadRef, check_id, check_thread_id, thread_branch
 
 
@@ -44,13 +44,13 @@ async def initialise(
     start_point: str | None = None,
     user_email: str = "",
 ) -> InitResult:
-    """Clone if needed and create or resume the thread, announced to the tracker (registry, DynamoDB)."""
+    """Clone if needed and create or resume the thread, announced to the session service (registry, DynamoDB)."""
     ws = app[WORKSPACES]
     sid = ws.check_session_id(*key, session_id)
     work = ws.init_thread(*key, repo, session_id=sid, start_point=start_point, user_email=user_email)
-    tracker = app.get(TRACKER)
-    if tracker is not None:  # status initializing → ready/error, in the registry and DynamoDB
-        work = tracker.track_init(sid, *key, f"{origin}/session/{sid}/", work, user_email)
+    sessions = app.get(SESSION_SERVICE)
+    if sessions is not None:  # status initializing → ready/error, in the registry and DynamoDB
+        work = sessions.track_init(sid, key, f"{origin}/session/{sid}/", work, user_email)
     return await ws.run_detached(work)
 
 
@@ -126,15 +126,14 @@ class ThreadOpener:
     def _default_repo(self) -> RepoUrl:
         raw = self.settings.default_repo_url
         if not raw:
-            raise ControlError(
-                404,
+            raise NotFound(
                 "Session not found: this editing environment has no website repository yet",
                 hint="set DEFAULT_REPO_URL, or call POST /api/init with a repoUrl first",
             )
         try:
             return parse_repo_url(raw, self.settings.git_allowed_hosts, self.settings.git_allow_local)
         except RepoUrlError as exc:
-            raise ControlError(500, f"DEFAULT_REPO_URL is not usable: {exc}") from None
+            raise Failed(f"DEFAULT_REPO_URL is not usable: {exc}") from None
 
 
 THREADS = web.AppKey("control_thread_opener", ThreadOpener)

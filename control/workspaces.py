@@ -34,7 +34,7 @@ from typing import Awaitable, TypeVar
 
 from aiohttp import web
 
-from control.errors import ControlError
+from control.errors import git_failure
 from control.gitcmd import GitError, GitRunner
 from control.recovery import (
     HALF_CLONE_PREFIX,
@@ -45,12 +45,13 @@ from control.recovery import (
 )
 from control.repourl import RepoUrl, RepoUrlError, parse_repo_url, repo_key
 from control.sessions import SessionRegistry, ThreadSession
-from core.ids import InvalidInput, ThreadRef, check_branch, check_id, check_thread_id, thread_branch
+from control.settings import ControlSettings
+from core.errors import Conflict, DomainError, Failed, Invalid, NotFound
+from core.ids import ThreadRef, check_branch, check_id, check_thread_id, thread_branch
 from core.jsonfile import read_json_file, write_json_atomic
-from edge.settings import Settings
 from preview.locator import thread_folder
 
-log = logging.getLogger("edge.control.workspaces")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ACTIVE = ("waiting", "initializing", "cloning", "creating")
@@ -87,33 +88,10 @@ class InitResult:
     cloned: bool
 
 
-def failure(exc: GitError, action: str) -> ControlError:
-    """The API answer for a failed git command (its message is already scrubbed)."""
-    kind = exc.kind
-    if kind == "auth":
-        return ControlError(
-            401,
-            f"{action}: the git remote refused the credentials",
-            hint="set GITHUB_TOKEN to a token with access to this repository",
-            details=exc.summary,
-        )
-    if kind == "not_found":
-        return ControlError(
-            404, f"{action}: repository not found (or the token has no access to it)", details=exc.summary
-        )
-    if kind == "rejected":
-        return ControlError(409, f"{action}: rejected by the remote", details=exc.summary)
-    if kind == "network":
-        return ControlError(502, f"{action}: could not reach the git remote", details=exc.summary)
-    if "unmerged" in exc.stderr.lower() or "conflict" in exc.stderr.lower():
-        return ControlError(409, f"{action}: the worktree has unresolved conflicts", details=exc.summary)
-    return ControlError(500, f"{action}: git failed", details=exc.summary)
-
-
 class Workspaces:
     """Layout, locks, cloning and worktrees of every user's workspace."""
 
-    def __init__(self, settings: Settings, registry: SessionRegistry) -> None:
+    def __init__(self, settings: ControlSettings, registry: SessionRegistry) -> None:
         self.settings = settings
         self.root = settings.workspace_path.absolute()
         self.registry = registry
@@ -172,6 +150,18 @@ class Workspaces:
         task.add_done_callback(self._task_done)
         return await asyncio.shield(task)
 
+    async def remove_worktree(self, key: ThreadRef) -> bool:
+        """``git worktree remove --force`` of the thread's worktree (the path comes from the ids, not a file)."""
+        worktree = self.thread_path(*key)
+        project = self.project_dir(key.client_id, key.user_id)
+        async with self.thread_lock(*key):
+            async with self.user_lock(key.client_id, key.user_id):
+                if not (project / ".git").is_dir() or not worktree.exists():
+                    return False
+                await self.git.run(["worktree", "remove", "--force", str(worktree)], cwd=project)
+                await self.git.run(["worktree", "prune"], cwd=project)
+        return True
+
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled():
@@ -200,10 +190,10 @@ class Workspaces:
         if session_id is None or session_id == current:
             return current
         if self.registry.find(client_id, user_id, thread_id) is not None:
-            raise ControlError(409, f"thread {thread_id!r} of {client_id}/{user_id} already has the session {current!r}")
+            raise Conflict(f"thread {thread_id!r} of {client_id}/{user_id} already has the session {current!r}")
         other = self.registry.get(session_id)
         if other is not None:
-            raise ControlError(409, f"session {session_id!r} already previews another thread ({other.thread_id!r})")
+            raise Conflict(f"session {session_id!r} already previews another thread ({other.thread_id!r})")
         return session_id
 
     async def init_thread(
@@ -238,7 +228,7 @@ class Workspaces:
                 session = self._record(
                     session_id, client_id, user_id, thread_id, branch, origin, default_branch, user_email
                 )
-        except ControlError as exc:
+        except DomainError as exc:
             state.set("error", error=exc.message)
             raise
         except GitError as exc:
@@ -260,18 +250,17 @@ class Workspaces:
             self.clear_shared_locks(client_id, user_id)
             origin = await self.checked_origin(client_id, user_id)
             if repo is not None and repo_key(origin) != repo_key(repo.url):
-                raise ControlError(
-                    409,
+                raise Conflict(
                     f"this user's workspace is a clone of {self.git.scrub(origin)}, not {repo.url}",
                     hint="use another userId for another repository",
                 )
             return origin, False
         if project.exists():
-            raise ControlError(
-                409, f"{project} exists but is not a git clone", hint="move it away and call /api/init again"
+            raise Conflict(
+                f"{project} exists but is not a git clone", hint="move it away and call /api/init again"
             )
         if repo is None:
-            raise ControlError(400, "repoUrl is required: this user has no clone yet")
+            raise Invalid("repoUrl is required: this user has no clone yet")
         made = [d for d in (user.parent, user) if not d.exists()]
         user.mkdir(parents=True, exist_ok=True)
         remove_half_clones(user)
@@ -285,7 +274,7 @@ class Workspaces:
             )
             os.rename(tmp, project)
         except GitError as exc:
-            raise failure(exc, "clone") from None
+            raise git_failure(exc, "clone") from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -306,14 +295,13 @@ class Workspaces:
         if (worktree / ".git").is_file():
             if await self._is_worktree(worktree):
                 return await self.current_branch(worktree) or branch, True
-            raise ControlError(
-                409,
+            raise Conflict(
                 f"the worktree of thread {thread_id!r} is damaged",
                 hint="move the thread folder away and call /api/init again",
             )
         if worktree.exists() and any(worktree.iterdir()):
-            raise ControlError(
-                409, f"{worktree} exists but is not a git worktree", hint="move it away and call /api/init again"
+            raise Conflict(
+                f"{worktree} exists but is not a git worktree", hint="move it away and call /api/init again"
             )
         worktree.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -337,8 +325,8 @@ class Workspaces:
                 return branch, False
             base = await self.default_branch(client_id, user_id)
             if not await self.ref_exists(project, f"refs/remotes/origin/{base}"):
-                raise ControlError(
-                    409, f"the default branch {base!r} does not exist on the remote", hint="set GIT_DEFAULT_BRANCH"
+                raise Conflict(
+                    f"the default branch {base!r} does not exist on the remote", hint="set GIT_DEFAULT_BRANCH"
                 )
             await self.git.run(
                 ["worktree", "add", "--no-track", "-b", branch, str(worktree), f"refs/remotes/origin/{base}"],
@@ -346,7 +334,7 @@ class Workspaces:
             )
             return branch, False
         except GitError as exc:
-            raise failure(exc, "creating the thread's worktree") from None
+            raise git_failure(exc, "creating the thread's worktree") from None
 
     async def _is_worktree(self, worktree: Path) -> bool:
         result = await self.git.run(["rev-parse", "--show-toplevel"], cwd=worktree, check=False)
@@ -371,7 +359,7 @@ class Workspaces:
         try:
             session = self.registry.put(entry)
         except ValueError as exc:  # a concurrent init named the thread or the session otherwise
-            raise ControlError(409, str(exc)) from None
+            raise Conflict(str(exc)) from None
         context_path = self.context_path(client_id, user_id, thread_id)
         context = read_json_file(context_path) or {"created": now}
         context.update(
@@ -416,14 +404,14 @@ class Workspaces:
             remove_stale_locks(locks, worktree)
         return worktree
 
-    def not_ready(self, client_id: str, user_id: str, thread_id: str) -> ControlError:
+    def not_ready(self, client_id: str, user_id: str, thread_id: str) -> DomainError:
         state = self.state(client_id, user_id, thread_id)
         if state is not None and state.active:
-            return ControlError(
-                409, "the thread is being initialised; try again when /api/init has answered", **state.as_json()
+            return Conflict(
+                "the thread is being initialised; try again when /api/init has answered", **state.as_json()
             )
-        return ControlError(
-            404, f"thread {thread_id!r} of {client_id}/{user_id} is not initialised", hint="call POST /api/init first"
+        return NotFound(
+            f"thread {thread_id!r} of {client_id}/{user_id} is not initialised", hint="call POST /api/init first"
         )
 
     def clear_shared_locks(self, client_id: str, user_id: str) -> None:
@@ -447,9 +435,7 @@ class Workspaces:
             try:
                 parse_repo_url(url, self.settings.git_allowed_hosts, self.settings.git_allow_local)
             except RepoUrlError as exc:
-                raise ControlError(
-                    409,
-                    f"the workspace's remote 'origin' points to {self.git.scrub(url)!r}, "
+                raise Conflict(f"the workspace's remote 'origin' points to {self.git.scrub(url)!r}, "
                     f"which the edge does not use: {exc}",
                     hint="nothing was sent; restore the remote URL in project/.git/config",
                 ) from None
@@ -460,8 +446,8 @@ class Workspaces:
         if self.settings.git_default_branch:
             try:
                 return check_branch(self.settings.git_default_branch)
-            except InvalidInput:
-                raise ControlError(500, "GIT_DEFAULT_BRANCH is not a valid branch name") from None
+            except Invalid:
+                raise Failed("GIT_DEFAULT_BRANCH is not a valid branch name") from None
         project = self.project_dir(client_id, user_id)
         for attempt in range(2):
             result = await self.git.run(
@@ -473,8 +459,7 @@ class Workspaces:
             if attempt == 0:
                 await self.checked_origin(client_id, user_id)
                 await self.git.run(["remote", "set-head", "origin", "--auto"], cwd=project, check=False)
-        raise ControlError(
-            409,
+        raise Conflict(
             "the remote has no default branch (is the repository empty?)",
             hint="push a first commit, or set GIT_DEFAULT_BRANCH",
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from core.errors import Invalid
+
 # A session id (also the rule of client, user and thread ids).
 SESSION_ID = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
 _SESSION_ID_RE = re.compile(SESSION_ID)
@@ -36,21 +38,17 @@ class ThreadRef(NamedTuple):
         return all(is_session_id(part) for part in self)
 
 
-class InvalidInput(ValueError):
-    """A request value the control API refuses (answered with 400)."""
-
-
 def is_valid_id(value: object) -> bool:
     """True for a string that may name a client, user or thread folder."""
     return isinstance(value, str) and is_session_id(value)
 
 
 def check_id(name: str, value: object) -> str:
-    """``value`` when it is a valid id, else InvalidInput naming the field."""
+    """``value`` when it is a valid id, else Invalid naming the field."""
     if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be a string")
+        raise Invalid(f"{name} must be a string")
     if not is_session_id(value):
-        raise InvalidInput(
+        raise Invalid(
             f"{name} {value[:80]!r} is not a valid id (letters, digits, '_', '-', '.'; "
             "no leading '.' or '-', no '..', at most 64 characters)"
         )
@@ -62,7 +60,7 @@ def check_session_name(value: object) -> str:
     (lower-case letters, digits and single '-'), so it works as ``/session/<id>/`` and as a host."""
     session_id = check_thread_id(value)
     if not _LABEL_RE.fullmatch(session_id) or "--" in session_id:
-        raise InvalidInput(
+        raise Invalid(
             f"sessionId {session_id[:80]!r} must be lower-case letters, digits and single '-' "
             "(at most 63 characters, starting and ending with a letter or digit)"
         )
@@ -73,7 +71,7 @@ def check_thread_id(value: object) -> str:
     """A valid id that also makes a valid branch name ``thread-<id>``."""
     thread_id = check_id("threadId", value)
     if thread_id.endswith(".") or thread_id.endswith(".lock"):
-        raise InvalidInput("threadId must not end with '.' or '.lock' (it names a git branch)")
+        raise Invalid("threadId must not end with '.' or '.lock' (it names a git branch)")
     return thread_id
 
 
@@ -92,8 +90,8 @@ def is_branch_name(value: object) -> bool:
 
 
 def check_branch(value: object) -> str:
-    """``value`` when it is an acceptable branch name, else InvalidInput."""
+    """``value`` when it is an acceptable branch name, else Invalid."""
     if not is_branch_name(value):
         shown = value[:80] if isinstance(value, str) else type(value).__name__
-        raise InvalidInput(f"branch {shown!r} is not an acceptable branch name")
+        raise Invalid(f"branch {shown!r} is not an acceptable branch name")
     return value  # type: ignore[return-value]

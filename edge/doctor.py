@@ -113,7 +113,7 @@ def check_site_node(settings: Settings, site: Path, astro: AstroInstall | None, 
     if not settings.node_fetch:
         return Check("site node", FAIL, f"the site asks for Node {wanted}, but NODE_BINARY ({node}) is v{version} and NODE_FETCH=0",
                      f"set NODE_BINARY to a Node.js that satisfies {wanted}, or NODE_FETCH=1")
-    finder = NodeFinder(settings, settings.npm_cache_dir or settings.workspace_path / ".npm-cache")
+    finder = NodeFinder(settings.preview, settings.npm_cache_dir or settings.workspace_path / ".npm-cache")
     cached = finder.cached()
     pick = choose(list(cached), ranges)
     if pick is not None:

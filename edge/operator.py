@@ -22,10 +22,10 @@ from typing import Iterable
 from aiohttp import web
 
 from control.sessions import REGISTRY
-from control.tracking import TRACKER
 from core.ids import is_session_id
 from edge import __version__, auth, keys
 from edge.headers import make_peer
+from edge.tracking import TRACKER
 from preview.appkeys import PREVIEWS
 
 REFRESH_SECONDS = 3

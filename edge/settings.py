@@ -1,16 +1,24 @@
 """The one settings object, read once from the environment.
 
+Each package owns its section: ``control.settings.ControlSettings`` and
+``preview.settings.PreviewSettings`` declare their fields; :class:`Settings`
+is both sections plus the edge's own fields, read here in one place, and
+hands each package its part (``settings.control``, ``settings.preview``).
 Every variable read here is listed in the README's table; nothing else in the
 code base reads ``os.environ`` for configuration.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, TypeVar
+
+from control.settings import CLAUDE_EXECUTORS, ControlSettings, default_workspace
+from preview.settings import PreviewSettings
 
 DEFAULT_PUBLIC_HOSTS = (
     "edit.amelia.webordinary.com",
@@ -43,7 +51,9 @@ CLAUDE_ENV_ALLOWLIST = (
     "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
     "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME",
 )
-CLAUDE_EXECUTORS = ("simulation", "claude-code", "bedrock")
+
+
+S = TypeVar("S")
 
 
 class SettingsError(ValueError):
@@ -111,13 +121,13 @@ def _container_id(env: Mapping[str, str]) -> str:
     return metadata.rsplit("/", 1)[-1] if metadata else env.get("HOSTNAME") or ""
 
 
-def _default_workspace() -> Path:
-    return Path.cwd() / "workspace"
-
-
 @dataclass(frozen=True)
-class Settings:
-    """Configuration of one edge process (see the README for each field's variable)."""
+class Settings(ControlSettings, PreviewSettings):
+    """Configuration of one edge process (see the README for each field's variable).
+
+    The control plane's and the previews' fields come from their sections; the
+    fields below are the edge's own.
+    """
 
     # The edge server
     host: str = "127.0.0.1"
@@ -147,38 +157,8 @@ class Settings:
     # EDGE_API_TRUSTED_NETWORKS: callers from these networks (Hermes in the VPC) need no bearer token
     api_trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     allow_no_auth: bool = False
-    session_secret: str | None = field(default=None, repr=False)  # EDGE_SESSION_SECRET: key of derived session ids
-    public_url: str | None = None  # EDGE_PUBLIC_URL: origin of every previewUrl the API returns
     drain_seconds: float = 10.0
     container: bool = False  # EDGE_CONTAINER=1 (set by the Dockerfile): GITHUB_TOKEN is required
-
-    # Workspaces and git
-    workspace_path: Path = field(default_factory=_default_workspace)
-    github_token: str | None = field(default=None, repr=False)
-    default_client_id: str = "default"
-    default_user_id: str = "default"
-    default_thread_id: str = "main"  # DEFAULT_THREAD_ID: the thread of an execute that names none (Hermes' first call)
-    default_repo_url: str | None = None  # DEFAULT_REPO_URL: cloned when a Hermes session needs a workspace and none exists
-    git_default_branch: str | None = None
-    git_allowed_hosts: tuple[str, ...] = ("github.com",)
-    git_allow_local: bool = False
-    git_protected_branches: tuple[str, ...] = ("main", "master", "production")
-    git_auto_push: bool = False
-    git_user_name: str = "webordinary edge"
-    git_user_email: str = "edge@webordinary.com"
-    git_ssl_ca_info: Path | None = None
-
-    # Previews
-    astro_port: int = 4321
-    node_binary: str = "node"
-    node_fetch: bool = True  # NODE_FETCH=0: never fetch a fitting Node from npm (preview.nodes)
-    astro_start_timeout: float = 30.0
-    preview_idle_minutes: float = 10.0
-    max_previews: int = 4
-    npm_cache_dir: Path | None = None  # None: WORKSPACE_PATH/.npm-cache
-    # The only variables dev servers and npm inherit from the edge's environment
-    # (an allowlist: never tokens or cloud credentials).
-    child_env: tuple[tuple[str, str], ...] = ()
 
     # Operations
     auto_shutdown_minutes: float = 20.0
@@ -187,22 +167,15 @@ class Settings:
     ecs_metadata_uri: str | None = None  # ECS_CONTAINER_METADATA_URI_V4: the task's private IP for DynamoDB items
     container_id: str = ""  # in DynamoDB items: the ECS task's container (metadata URI basename) or HOSTNAME
 
-    # Claude (control.executors)
-    claude_executor: str = "simulation"
-    claude_model: str | None = None
-    claude_cli: str = "claude"
-    claude_allow_shell: bool = False
-    claude_max_turns: int = 30
-    claude_use_bedrock: bool = False  # claude-code talks to Bedrock (CLAUDE_CODE_USE_BEDROCK)
-    claude_max_retries: int = 3  # Claude Code's own retries of a failed model call (CLAUDE_CODE_MAX_RETRIES)
-    execution_timeout: float = 600.0
-    bedrock_model_id: str = "us.anthropic.claude-sonnet-4-20250514-v1:0"
-    bedrock_endpoint_url: str | None = None
-    bedrock_max_attempts: int = 5
-    aws_region: str | None = None
-    plan_ttl_seconds: float = 3600.0
-    hermes_reply_seconds: float = 270.0  # HERMES_REPLY_SECONDS: answer "inProgress" before Hermes' 300 s timeout
-    claude_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    @functools.cached_property
+    def control(self) -> ControlSettings:
+        """The control plane's section (what ``control/`` is given)."""
+        return _section(ControlSettings, self)
+
+    @functools.cached_property
+    def preview(self) -> PreviewSettings:
+        """The preview supervisor's section (what ``preview/`` is given)."""
+        return _section(PreviewSettings, self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -237,7 +210,7 @@ class Settings:
             session_secret=env.get("EDGE_SESSION_SECRET") or None,
             drain_seconds=_number(env, "EDGE_DRAIN_SECONDS", cls.drain_seconds),
             container=_bool(env, "EDGE_CONTAINER", False),
-            workspace_path=Path(workspace) if workspace else _default_workspace(),
+            workspace_path=Path(workspace) if workspace else default_workspace(),
             github_token=env.get("GITHUB_TOKEN") or None,
             default_client_id=env.get("DEFAULT_CLIENT_ID") or cls.default_client_id,
             default_user_id=env.get("DEFAULT_USER_ID") or cls.default_user_id,
@@ -290,3 +263,8 @@ class Settings:
             if pattern.count("{session}") != 1:
                 raise SettingsError(f"EDGE_SESSION_HOSTS: {pattern!r} must contain {{session}} once")
         return settings
+
+
+def _section(kind: type[S], settings: Settings) -> S:
+    """The fields of one section, copied out of the composed settings."""
+    return kind(**{f.name: getattr(settings, f.name) for f in fields(kind)})

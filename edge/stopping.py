@@ -9,7 +9,7 @@ When the server stops (``runner.cleanup()``, after SIGTERM or SIGINT):
    are closed, which cancels their handlers (``handler_cancellation``). aiohttp
    itself would wait the budget twice for a handler that does not read the
    request body, as a proxied stream does;
-4. cleanup, last registered first: :func:`_drain_ctx` (added last by
+4. cleanup, last registered first: :func:`drain_ctx` (added last by
    ``create_app``) waits for running work (git operations, executions) for
    what is left of the budget, then cancels what still runs; then the other
    modules' clean-ups: dev servers stop, state is flushed, the upstream client closes.
@@ -30,7 +30,7 @@ from aiohttp.web_server import Server
 
 from edge import keys
 
-log = logging.getLogger("edge")
+log = logging.getLogger(__name__)
 
 Drain = Callable[[float], Awaitable[None]]
 
@@ -79,7 +79,8 @@ def _cut_connections(server: Server) -> None:
         connection.force_close()
 
 
-async def _drain_ctx(app: web.Application) -> AsyncIterator[None]:
+async def drain_ctx(app: web.Application) -> AsyncIterator[None]:
+    """At clean-up: wait for running work (what is left of the budget), then cancel what still runs."""
     yield
     stopping = app[STOPPING]
     if stopping._cut is not None:  # requests are done: only running work is left
@@ -101,4 +102,4 @@ def setup(app: web.Application) -> None:
 
 def setup_drain(app: web.Application) -> None:
     """After every other ``cleanup_ctx`` is added, so running work ends before dev servers stop."""
-    app.cleanup_ctx.append(_drain_ctx)
+    app.cleanup_ctx.append(drain_ctx)

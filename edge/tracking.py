@@ -22,7 +22,7 @@ from aiohttp import web
 
 from control.dynamo import DYNAMO, DynamoWriter, session_item
 from control.runs import RUNNER
-from control.services import SESSION_SERVICE
+from control.services import SESSION_SERVICE, EndedSession
 from control.sessions import REGISTRY, SessionRegistry, ThreadSession
 from control.workspaces import WORKSPACES, Workspaces
 from core.ids import ThreadRef, is_valid_id
@@ -164,7 +164,7 @@ class SessionTracker:
             previews is not None and previews.get(sid) is not None
         )
 
-    async def end(self, sid: str, purge: bool) -> dict:
+    async def end(self, sid: str, purge: bool) -> EndedSession:
         """Stop and forget a session: its preview, route, sockets, activity and registry entry; ``purge``: its worktree."""
         previews = self.app.get(PREVIEWS)
         stopped = await previews.forget(sid, "session deleted through the API") if previews is not None else False
@@ -176,7 +176,7 @@ class SessionTracker:
         if session is not None and purge:
             purged = await self.workspaces.remove_worktree(ThreadRef(session.client_id, session.user_id, session.thread_id))
         self.registry.remove(sid)
-        return {"success": True, "sessionId": sid, "previewStopped": stopped, "purged": purged}
+        return EndedSession(sid, stopped, purged)
 
     # -- activity ---------------------------------------------------------------------------
 
@@ -243,7 +243,8 @@ def _busy_previews(app: web.Application) -> bool:
     return any(p.state in (PreviewState.INSTALLING, PreviewState.STARTING) for p in previews.previews.values())
 
 
-async def _tracker_ctx(app: web.Application) -> AsyncIterator[None]:
+async def tracker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The periodic activity sync; at the end the last activity is written and DynamoDB sees ``expired``."""
     tracker = app[TRACKER]
     task = asyncio.create_task(tracker.run(), name="session activity")
     yield
@@ -275,5 +276,5 @@ def setup(app: web.Application) -> SessionTracker:
     runner = app.get(RUNNER)
     if runner is not None:
         idle.busy_checks["executions"] = lambda: runner.busy
-    app.cleanup_ctx.append(_tracker_ctx)
+    app.cleanup_ctx.append(tracker_ctx)
     return tracker

@@ -1,10 +1,12 @@
 """Astro dev-server supervisor: one preview per conversation thread.
 
-``setup(app, locator)`` gives the edge on-demand previews: the supervisor
-becomes the session table's route provider (a request for a stopped thread
-starts its dev server), the ``/api/astro/...`` routes are added, ``/health``
-counts previews by state, and every dev server stops when the app stops. The
-locator says which session a thread has and which folder a session shows.
+``setup(app, settings, routes, locator)`` adds on-demand previews to an app:
+the supervisor publishes each ready dev server's route to ``routes`` (the
+edge's session table, through :class:`preview.routes.RouteTable`), the
+``/api/astro/...`` routes are added, and every dev server stops when the app
+stops. The locator says which session a thread has and which folder a session
+shows. The edge makes :meth:`PreviewSupervisor.provide` its table's provider
+(a request for a stopped thread starts its dev server).
 """
 
 from __future__ import annotations
@@ -14,25 +16,30 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from core.ids import ThreadRef
-from edge import keys
-from edge.health import HEALTH_FIELDS
 from preview import api
 from preview.appkeys import PREVIEWS
 from preview.locator import Locator, thread_folder
+from preview.routes import PreviewRoute, RouteState, RouteTable
+from preview.settings import PreviewSettings
 from preview.supervisor import PreviewState, PreviewSupervisor
 
 __all__ = [
     "PREVIEWS",
     "Locator",
+    "PreviewRoute",
+    "PreviewSettings",
     "PreviewState",
     "PreviewSupervisor",
+    "RouteState",
+    "RouteTable",
     "ThreadRef",
     "setup",
     "thread_folder",
 ]
 
 
-async def _supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
+async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The supervisor's lifecycle: it opens with the app; every dev server stops when the app stops."""
     supervisor = app[PREVIEWS]
     await supervisor.open()
     try:
@@ -41,14 +48,10 @@ async def _supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
         await supervisor.close()
 
 
-def setup(app: web.Application, locator: Locator) -> PreviewSupervisor:
-    """Wire previews into an edge app (before the proxy catch-all route is added)."""
-    supervisor = PreviewSupervisor(app[keys.SETTINGS], app[keys.SESSIONS], locator)
+def setup(app: web.Application, settings: PreviewSettings, routes: RouteTable, locator: Locator) -> PreviewSupervisor:
+    """Add previews to an app (before the proxy catch-all route is added); their lifecycle is a cleanup context."""
+    supervisor = PreviewSupervisor(settings, routes, locator)
     app[PREVIEWS] = supervisor
-    app[keys.SESSIONS].provider = supervisor.provide
-    app.cleanup_ctx.append(_supervisor_ctx)
-    fields = app.setdefault(HEALTH_FIELDS, {})
-    fields["previewsRunning"] = supervisor.running  # dev servers, never routes added through the API
-    fields["previews"] = supervisor.counts
+    app.cleanup_ctx.append(supervisor_ctx)
     api.setup(app)
     return supervisor

@@ -27,13 +27,13 @@ from typing import Callable
 
 import anyio
 
-from edge.settings import Settings
 from preview.logs import LogTail
 from preview.node import PreviewError, child_env
 from preview.packages import CONFIG_FILES, Tools, detect
 from preview.process import run_to_end
+from preview.settings import PreviewSettings
 
-log = logging.getLogger("preview.deps")
+log = logging.getLogger(__name__)
 
 STORE_MARK = ".edge-store"  # in a thread's node_modules: the store key it was linked from
 SPARE = "spare-"  # in a store: a node_modules tree linked ahead of time for the next thread
@@ -153,7 +153,7 @@ def _store_package_json(folder: Path) -> bytes:
 class DependencyStore:
     """Installs each distinct lockfile once and links it into threads."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: PreviewSettings) -> None:
         self.settings = settings
         self.root = settings.workspace_path / ".node_modules"
         self.npm_cache = settings.npm_cache_dir or settings.workspace_path / ".npm-cache"

@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import nodesemver
 
-from edge.settings import Settings
+from preview.settings import PreviewSettings
 
 FALLBACK_PATH = "/usr/local/bin:/usr/bin:/bin"
 NETWORK_VARS = frozenset(
@@ -111,7 +111,7 @@ def check_engines(astro: AstroInstall, node: str, version: str) -> None:
         )
 
 
-def child_env(settings: Settings, node: str, *, network: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(settings: PreviewSettings, node: str, *, network: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
     """A clean environment: the allowlisted variables, the configured Node first on PATH.
 
     Tokens and cloud credentials never reach a dev server or npm, because

@@ -29,7 +29,7 @@ from preview.logs import LogTail
 from preview.node import PreviewError, child_env, node_version, npm_argv, resolve_node
 from preview.process import run_to_end
 
-log = logging.getLogger("edge.preview")
+log = logging.getLogger(__name__)
 ARCHES = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}
 FETCH_TIMEOUT = 600.0
 
@@ -81,7 +81,7 @@ def site_engines(folder: Path) -> str | None:
 class NodeFinder:
     """Finds, and fetches when needed, a Node binary that satisfies a set of ranges."""
 
-    def __init__(self, settings: Any, npm_cache: Path) -> None:  # edge.settings.Settings (preview/ does not import edge/)
+    def __init__(self, settings: Any, npm_cache: Path) -> None:  # preview.settings.PreviewSettings
         self.settings = settings
         self.root = settings.workspace_path / ".edge" / "node"
         self.npm_cache = npm_cache

@@ -126,7 +126,7 @@ def is_plain_astro_dev(script: str | None) -> bool:
 class Tools:
     """pnpm and yarn, installed with npm once per version into ``WORKSPACE_PATH/.edge/tools``."""
 
-    def __init__(self, settings: Any, npm_cache: Path) -> None:  # edge.settings.Settings (preview/ does not import edge/)
+    def __init__(self, settings: Any, npm_cache: Path) -> None:  # preview.settings.PreviewSettings
         self.settings = settings
         self.root = settings.workspace_path / ".edge" / "tools"
         self.npm_cache = npm_cache

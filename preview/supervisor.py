@@ -24,20 +24,20 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from edge.routing import Route, RouteState, SessionTable
-from edge.settings import Settings
 from preview.deps import DependencyStore
 from preview.locator import Locator
 from preview.logs import LogTail
+from preview.node import AstroInstall, PreviewError, astro_install, check_engines, child_env
 from preview.nodes import NodeFinder, fits, site_engines
 from preview.packages import detect, dev_script, is_plain_astro_dev
-from preview.node import AstroInstall, PreviewError, astro_install, check_engines, child_env
 from preview.ports import NoFreePort, PortPool
 from preview.process import ManagedProcess, spawn
 from preview.procs import group_members, rss_bytes
+from preview.routes import PreviewRoute, RouteState, RouteTable
+from preview.settings import PreviewSettings
 
 LOG_FILE_TAIL_BYTES = 256 * 1024  # read from the end of a log file for its last lines
-log = logging.getLogger("edge.preview")
+log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3  # crashes in a row before a preview is failed
 STABLE_SECONDS = 60.0  # a server that was ready this long has its crash count reset
@@ -96,22 +96,21 @@ class Preview:
         else:
             self.settled.clear()
 
-    def route(self) -> Route:
+    def route(self) -> PreviewRoute:
         """What the proxy should do with a request for this session now."""
         if self.state is PreviewState.READY and self.port is not None and not self.stopping:
-            return Route(self.session_id, _target(self.port), RouteState.READY, source="preview", root=self.folder)
+            return PreviewRoute(self.session_id, _target(self.port), RouteState.READY, root=self.folder)
         if self.state is PreviewState.FAILED:
             detail = self.error + ("\n\n" + self.log.text(30) if self.log.count else "")
-            return Route(self.session_id, None, RouteState.FAILED, source="preview", detail=detail)
+            return PreviewRoute(self.session_id, None, RouteState.FAILED, detail=detail)
         headline = {
             PreviewState.INSTALLING: "Installing dependencies…",
             PreviewState.CRASHED: f"The dev server stopped unexpectedly; restarting… {self.error}",
         }.get(self.state, "Starting preview…")
-        return Route(
+        return PreviewRoute(
             self.session_id,
             None,
             RouteState.STARTING,
-            source="preview",
             detail=headline + "\n\n" + self.log.text(15),
             retry_after=2,
         )
@@ -132,7 +131,7 @@ def _target(port: int) -> URL:
 class PreviewSupervisor:
     """Starts, watches and stops the previews of one edge."""
 
-    def __init__(self, settings: Settings, table: SessionTable, locator: Locator) -> None:
+    def __init__(self, settings: PreviewSettings, table: RouteTable, locator: Locator) -> None:
         self.settings = settings
         self.table = table
         self.locator = locator
@@ -251,6 +250,14 @@ class PreviewSupervisor:
         await asyncio.wait({task})
         return was_running
 
+    async def forget(self, session_id: str, reason: str) -> bool:
+        """Stop the dev server and drop the preview (no restart on demand from its old folder); True when one ran."""
+        stopped = await self.stop(session_id, reason)
+        preview = self.previews.pop(session_id, None)
+        if preview is not None:
+            preview.log.close()
+        return stopped
+
     def _stopped(self, preview: Preview) -> None:
         preview.stopping = False
         preview.set_state(PreviewState.STOPPED)
@@ -262,8 +269,8 @@ class PreviewSupervisor:
         await self.stop(session_id, "restart requested")
         return await self.start(session_id, folder, wait)
 
-    async def provide(self, session_id: str) -> Route | None:
-        """``SessionTable.provider``: a request for a session without a ready route.
+    async def provide(self, session_id: str) -> PreviewRoute | None:
+        """The session table's provider: a request for a session without a ready route.
 
         Starts the preview when it is stopped (or failed a while ago) and the
         session names a thread folder; unknown sessions get None (404).
@@ -379,9 +386,7 @@ class PreviewSupervisor:
                     preview.ready_at = time.monotonic()
                     preview.set_state(PreviewState.READY)
                     preview.log.event(f"ready in {preview.ready_at - preview.start_clock:.1f}s")
-                    self.table.set(
-                        Route(preview.session_id, _target(preview.port), RouteState.READY, source="preview", root=preview.folder)
-                    )
+                    self.table.publish(PreviewRoute(preview.session_id, _target(preview.port), RouteState.READY, root=preview.folder))
                     return await preview.process.wait()
                 if outcome != "port-taken":
                     raise PreviewError(outcome)
@@ -446,9 +451,7 @@ class PreviewSupervisor:
         proc, preview.process = preview.process, None
         port, preview.port = preview.port, None
         try:
-            route = self.table.get(preview.session_id)
-            if route is not None and route.source == "preview":
-                await self.table.remove(preview.session_id)
+            await self.table.withdraw(preview.session_id)
         finally:
             try:
                 if proc is not None:
@@ -459,7 +462,7 @@ class PreviewSupervisor:
     # -- idle and capacity -------------------------------------------------------------------
 
     def _last_used(self, preview: Preview) -> float:
-        return max(self.table.last_activity.get(preview.session_id, 0.0), preview.last_request, preview.ready_at)
+        return max(self.table.last_activity(preview.session_id), preview.last_request, preview.ready_at)
 
     async def _make_room(self, preview: Preview) -> None:
         """Stop least recently used previews so at most MAX_PREVIEWS run (0: no limit)."""

@@ -7,7 +7,7 @@ import time
 
 from control.dynamo import DYNAMO, TTL_SECONDS
 from control.sessions import REGISTRY
-from control.tracking import TRACKER
+from edge.tracking import TRACKER
 
 
 async def _until(check, timeout: float = 30.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -33,3 +34,24 @@ def test_the_wheel_contains_every_module_of_the_source_tree(tmp_path):
         for path in (REPO / package).rglob("*.py")
     }
     assert source - packaged == set()
+
+
+def _imported_packages(package: str) -> dict[str, set[str]]:
+    """Every top-level package each module of ``package`` imports, also inside functions."""
+    found: dict[str, set[str]] = {}
+    for path in (REPO / package).rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(REPO))] = names
+    return found
+
+
+def test_the_edge_is_the_front_control_and_preview_never_import_it():
+    # The layering: edge/ wires control/ and preview/ (which stands alone); both stand on core/, which stands on none of them.
+    for package, forbidden in (("control", {"edge"}), ("preview", {"edge", "control"}), ("core", {"edge", "control", "preview"})):
+        wrong = {module: names & forbidden for module, names in _imported_packages(package).items() if names & forbidden}
+        assert wrong == {}, f"{package}/ imports {wrong}"

@@ -8,8 +8,8 @@ import time
 import aiohttp
 
 from control.sessions import REGISTRY
-from control.tracking import TRACKER
 from edge import keys
+from edge.tracking import TRACKER
 from preview.appkeys import PREVIEWS
 from tests.conftest import RunningServer
 from tests.fixtures_git import GitApi, git, git_settings, make_remote

@@ -15,7 +15,8 @@ import pytest
 from control.repourl import RepoUrlError, parse_repo_url, pull_request_url
 from control.sessions import REGISTRY, SECRET_FILE, SessionRegistry, ThreadSession, session_id_for
 from control.workspaces import WORKSPACES
-from core.ids import InvalidInput, is_session_id
+from core.errors import Invalid
+from core.ids import is_session_id
 from tests.fixtures_git import git
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -292,7 +293,7 @@ def test_repo_url_policy_normalises_to_https():
     assert parse_repo_url("/srv/site.git", hosts, True).url == "file:///srv/site.git"
     with pytest.raises(RepoUrlError):
         parse_repo_url("/srv/site.git", hosts, False)
-    assert isinstance(RepoUrlError("x"), InvalidInput)
+    assert isinstance(RepoUrlError("x"), Invalid)
 
 
 def test_pull_request_urls_for_github_only():
@@ -381,7 +382,7 @@ def test_thread_path_checks_ids(settings):
     ws = Workspaces(settings, SessionRegistry(settings.workspace_path))
     assert ws.thread_path("c", "u", "t") == settings.workspace_path.absolute() / "c" / "u" / "threads" / "t"
     for bad in ("..", "../x", "/abs", "-x"):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(Invalid):
             ws.thread_path("c", "u", bad)
 
 

@@ -7,11 +7,11 @@ or ``simulation`` (the honest default: a small deterministic edit).
 
 from __future__ import annotations
 
-from control.executors.base import Emit, Executor, ExecutionError, RunRequest, RunResult
-from edge.settings import Settings
+from control.executors.base import Emit, ExecutionError, Executor, RunRequest, RunResult
+from control.settings import ControlSettings
 
 
-def make_executor(settings: Settings) -> Executor:
+def make_executor(settings: ControlSettings) -> Executor:
     """The executor CLAUDE_EXECUTOR names (settings already checked the name)."""
     if settings.claude_executor == "claude-code":
         from control.executors.claude_code import ClaudeCodeExecutor

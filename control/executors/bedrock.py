@@ -22,9 +22,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from control.executors import apierrors, tools
 from control.executors.base import Emit, ExecutionError, RunRequest, RunResult, build_prompt
 from control.executors.threads import call_in_daemon_thread
-from edge.settings import Settings
+from control.settings import ControlSettings
 
-log = logging.getLogger("edge.control.bedrock")
+log = logging.getLogger(__name__)
 
 SYSTEM = (
     "You edit a website project through the tools you are given. Paths are relative to the project folder. "
@@ -38,7 +38,7 @@ READ_TIMEOUT = 120  # one Converse answer of up to 4096 tokens; the run's own de
 class BedrockExecutor:
     name = "bedrock"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ControlSettings) -> None:
         self.settings = settings
 
     def client(self):  # -> botocore client; created per run so credentials are looked up fresh

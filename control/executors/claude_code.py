@@ -40,10 +40,10 @@ import anyio
 
 from control.executors import apierrors
 from control.executors.base import Emit, ExecutionError, RunRequest, RunResult, build_prompt, relative_to
-from edge.settings import Settings
+from control.settings import ControlSettings
 from preview.process import signal_group
 
-log = logging.getLogger("edge.control.claude_code")
+log = logging.getLogger(__name__)
 
 READ_TOOLS = ("Read", "Glob", "Grep")
 EDIT_TOOLS = ("Edit", "Write")  # Claude Code 2.1.332 has no MultiEdit; Write is confined by --restricted
@@ -68,7 +68,7 @@ class _NotStarted(ExecutionError):
 class ClaudeCodeExecutor:
     name = "claude-code"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ControlSettings) -> None:
         self.settings = settings
 
     def tools(self, request: RunRequest) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import subprocess
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable, Mapping, Sequence
@@ -72,11 +73,13 @@ class Child:
         self.process = process
         self.pid = process.pid
         self._pipes = [s for s in (process.stdout, process.stderr) if s is not None]
-        self._ended: set[int] = set()  # id() of the pipes read to their end (or closed)
+        self._reading: set[int] = set()  # id() of the pipes someone reads
+        self._ended: set[int] = set()  # id() of those read to their end (or closed)
         self._progress = anyio.Event()
         self._pump: asyncio.Task[None] | None = None
         if on_output is not None:
             # The child outlives the call that started it (a dev server): its output is pumped in the background.
+            self._reading.update(id(stream) for stream in self._pipes)
             self._pump = asyncio.ensure_future(self._deliver(on_output))
 
     @property
@@ -112,31 +115,41 @@ class Child:
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def chunks(self, stream: ByteReceiveStream) -> AsyncIterator[bytes]:
+    def chunks(self, stream: ByteReceiveStream) -> AsyncIterator[bytes]:
         """What the child writes to ``stream``, as it comes, until the pipe ends or :meth:`stop` closes it."""
+        self._reading.add(id(stream))  # from now on (not the first step), :meth:`drained` waits for it
+        return self._chunks(stream)
+
+    async def _chunks(self, stream: ByteReceiveStream) -> AsyncIterator[bytes]:
         try:
             async for chunk in stream:
                 yield chunk
         except _READ_ENDED:
             pass
-        self._mark_ended(stream)
+        finally:  # read to its end, or no longer read by anyone (closed early)
+            self._mark_ended(stream)
 
-    async def lines(self, stream: ByteReceiveStream, *, ends: bytes = b"\n", max_line: int | None = None) -> AsyncIterator[bytes]:
+    def lines(self, stream: ByteReceiveStream, *, ends: bytes = b"\n", max_line: int | None = None) -> AsyncIterator[bytes]:
         """Each line the child writes to ``stream``, with its terminator (any byte of ``ends``); the last may have none.
 
         LineTooLong when a line grows past ``max_line`` bytes before it ends.
         """
+        return self._lines(self.chunks(stream), ends, max_line)
+
+    @staticmethod
+    async def _lines(chunks: AsyncIterator[bytes], ends: bytes, max_line: int | None) -> AsyncIterator[bytes]:
         split = re.compile(b"[" + re.escape(ends) + b"]")
         buffer = bytearray()
-        async for chunk in self.chunks(stream):
-            buffer += chunk
-            start = 0
-            while (found := split.search(buffer, start)) is not None:
-                yield bytes(buffer[start : found.end()])
-                start = found.end()
-            del buffer[:start]
-            if max_line is not None and len(buffer) > max_line:
-                raise LineTooLong(f"a line longer than {max_line} bytes")
+        async with aclosing(chunks):  # closing the lines closes the chunks
+            async for chunk in chunks:
+                buffer += chunk
+                start = 0
+                while (found := split.search(buffer, start)) is not None:
+                    yield bytes(buffer[start : found.end()])
+                    start = found.end()
+                del buffer[:start]
+                if max_line is not None and len(buffer) > max_line:
+                    raise LineTooLong(f"a line longer than {max_line} bytes")
         if buffer:
             yield bytes(buffer)
 
@@ -145,12 +158,13 @@ class Child:
         try:
             async with anyio.create_task_group() as group:
                 for stream in self._pipes:
-                    group.start_soon(self._deliver_one, stream, on_output)
+                    group.start_soon(self._deliver_one, self.chunks(stream), on_output)
         finally:
             on_output(b"")
 
-    async def _deliver_one(self, stream: ByteReceiveStream, on_output: Output) -> None:
-        async for chunk in self.chunks(stream):
+    @staticmethod
+    async def _deliver_one(chunks: AsyncIterator[bytes], on_output: Output) -> None:
+        async for chunk in chunks:
             on_output(chunk)
 
     def _mark_ended(self, stream: ByteReceiveStream) -> None:
@@ -160,8 +174,8 @@ class Child:
 
     @property
     def output_ended(self) -> bool:
-        """Every output pipe has been read to its end (or closed)."""
-        return all(id(stream) in self._ended for stream in self._pipes)
+        """Every pipe being read has been read to its end (or closed)."""
+        return self._reading <= self._ended
 
     async def drained(self, timeout: float = PIPE_LINGER) -> bool:
         """Wait up to ``timeout`` until the output is read to its end (so its last words are in); whether it was."""
@@ -202,22 +216,33 @@ class Child:
         (bounded by ``grace`` and a few seconds), so a cancelled caller still
         leaves nothing running.
         """
-        with anyio.CancelScope(shield=True):
-            if self.returncode is None:
-                self.signal_group(signal.SIGTERM)
-                with anyio.move_on_after(grace):
-                    await self.process.wait()
-            self.signal_group(signal.SIGKILL)
-            with anyio.move_on_after(REAP_TIMEOUT):
-                await self.process.wait()
-            await self.drained(PIPE_LINGER)
-            await self._close_pipes()
-            if self._pump is not None:
-                with anyio.move_on_after(PIPE_LINGER):
-                    await asyncio.wait({self._pump})
-                if not self._pump.done():
-                    self._pump.cancel()
+        with anyio.CancelScope(shield=True):  # no cancel scope cuts it short...
+            stopping = asyncio.ensure_future(self._stop(grace))  # ...nor Task.cancel(): it is a task of its own
+            cancelled = False
+            while not stopping.done():
+                try:
+                    await asyncio.shield(stopping)
+                except asyncio.CancelledError:
+                    cancelled = True  # finish stopping first (a bounded wait), then pass the cancellation on
+            if cancelled:
+                raise asyncio.CancelledError
         return self.returncode
+
+    async def _stop(self, grace: float) -> None:
+        if self.returncode is None:
+            self.signal_group(signal.SIGTERM)
+            with anyio.move_on_after(grace):
+                await self.process.wait()
+        self.signal_group(signal.SIGKILL)
+        with anyio.move_on_after(REAP_TIMEOUT):
+            await self.process.wait()
+        await self.drained(PIPE_LINGER)
+        await self._close_pipes()
+        if self._pump is not None:
+            with anyio.move_on_after(PIPE_LINGER):
+                await asyncio.wait({self._pump})
+            if not self._pump.done():
+                self._pump.cancel()
 
     async def _close_pipes(self) -> None:
         """Close our ends of the pipes: a reader still waiting (a pipe held by an escaped helper) ends."""
@@ -291,18 +316,18 @@ async def run(
     child = await start(argv, cwd=cwd, env=env, stdin=PIPE if input is not None else DEVNULL, stderr=stderr)
     out, err = bytearray(), bytearray()
 
-    async def collect(stream: ByteReceiveStream | None, into: bytearray) -> None:
-        if stream is not None:
-            async for chunk in child.chunks(stream):
-                into += chunk
+    async def collect(chunks: AsyncIterator[bytes], into: bytearray) -> None:
+        async for chunk in chunks:
+            into += chunk
 
     try:
         with anyio.fail_after(timeout):
             async with anyio.create_task_group() as group:
                 if input is not None:
                     group.start_soon(child.send_input, input)
-                group.start_soon(collect, child.stdout, out)
-                group.start_soon(collect, child.stderr, err)
+                for stream, into in ((child.stdout, out), (child.stderr, err)):
+                    if stream is not None:
+                        group.start_soon(collect, child.chunks(stream), into)
                 code = await child.finish()
     finally:
         await child.stop(grace)

@@ -11,6 +11,7 @@ import pytest
 
 from core import processes
 from preview.procs import group_members
+from tests.fixtures_preview import group_gone, wait_until
 
 PY = sys.executable
 HANG_GUARD = 60  # a bug here would hang the test; this only turns a hang into a failure
@@ -77,7 +78,7 @@ async def test_a_child_that_ignores_sigterm_gets_sigkill_with_its_whole_group():
         assert set(group_members(child.pid)) >= {child.pid, helper}
         code = await child.stop(grace=0.5)
     assert code == -signal.SIGKILL
-    assert group_members(child.pid) == []
+    await wait_until(lambda: group_gone(child.pid), HANG_GUARD, "the helper to die with the group")
 
 
 async def test_a_child_that_honours_sigterm_exits_with_it():
@@ -104,7 +105,7 @@ async def test_a_helper_in_the_group_holding_the_pipe_is_killed_once_the_leader_
     finally:
         await child.stop()
     assert read == [b"started\n"]
-    assert group_members(child.pid) == []
+    await wait_until(lambda: group_gone(child.pid), HANG_GUARD, "the helper holding the pipe to be killed")
 
 
 async def test_a_grandchild_that_left_the_group_and_holds_the_pipe_does_not_hang_the_stop():
@@ -128,7 +129,8 @@ async def test_a_grandchild_that_left_the_group_and_holds_the_pipe_does_not_hang
                 group.start_soon(reader)
                 await child.wait()
                 assert await child.stop() == 0  # the reader ends too: the task group can close
-        assert escaped and group_members(child.pid) == []
+        assert escaped
+        await wait_until(lambda: group_gone(child.pid), HANG_GUARD, "the group to be gone")
     finally:
         if escaped:
             _kill(escaped)
@@ -156,7 +158,8 @@ async def test_run_stops_the_whole_group_when_it_times_out(monkeypatch):
     monkeypatch.setattr(processes, "start", spy)
     with anyio.fail_after(HANG_GUARD), pytest.raises(TimeoutError):
         await processes.run([PY, "-c", script], timeout=1, grace=0.5)
-    assert started and group_members(started[0]) == []
+    assert started
+    await wait_until(lambda: group_gone(started[0]), HANG_GUARD, "the timed-out group to be gone")
 
 
 async def test_a_cancelled_caller_leaves_nothing_running():
@@ -166,7 +169,8 @@ async def test_a_cancelled_caller_leaves_nothing_running():
             await child.wait()
         finally:
             await child.stop(grace=0.5)
-    assert child.returncode is not None and group_members(child.pid) == []
+    assert child.returncode is not None
+    await wait_until(lambda: group_gone(child.pid), HANG_GUARD, "the cancelled child's group to be gone")
 
 
 async def test_a_missing_program_raises_oserror():

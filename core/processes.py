@@ -302,14 +302,14 @@ class Completed:
 async def run(
     argv: Sequence[str],
     *,
-    timeout: float,
+    timeout: float | None,
     cwd: Path | str | None = None,
     env: Mapping[str, str] | None = None,
     input: bytes | None = None,
     stderr: int = PIPE,
     grace: float = DEFAULT_GRACE,
 ) -> Completed:
-    """Run a short command to its end and collect its output; TimeoutError (the group stopped) after ``timeout``.
+    """Run a command to its end and collect its output; TimeoutError (the group stopped) after ``timeout`` (None: no limit).
 
     A cancelled caller also stops the whole group.
     """

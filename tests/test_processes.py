@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import aclosing
 
 import anyio
 import pytest
@@ -38,6 +39,19 @@ async def test_output_is_streamed_line_by_line_while_the_child_runs():
             assert await child.finish() == 0
     finally:
         await child.stop()
+
+
+async def test_a_reader_that_stops_early_is_not_waited_for():
+    child = await processes.start([PY, "-c", "import time; print('result', flush=True); time.sleep(300)"])
+    try:
+        with anyio.fail_after(HANG_GUARD):
+            async with aclosing(child.lines(child.stdout)) as lines:
+                async for line in lines:
+                    assert line == b"result\n"
+                    break
+            assert await child.drained(0)  # nobody reads stdout any more, though the child still holds it
+    finally:
+        await child.stop(grace=0)
 
 
 async def test_the_output_callback_gets_every_chunk_then_an_empty_one():

@@ -1,7 +1,7 @@
 """Child processes that never outlive their purpose: each one a process group, read as it writes, stopped as a whole.
 
 The programs the edge runs (git, the Claude Code CLI, Astro dev servers, npm,
-astro build, ``node --version``, the doctor's checks) start through
+astro build, ``node --version``, the flow-file writer, the doctor's checks) start through
 :func:`start` (or :func:`run`), each in its own session, so it leads a process group
 and stopping it reaches whatever it started (git-remote-https, esbuild, ...):
 SIGTERM to the group, a grace period, then SIGKILL to the group, always

@@ -29,6 +29,7 @@ COPY core ./core
 COPY edge ./edge
 COPY control ./control
 COPY preview ./preview
+COPY core ./core
 RUN pip --python /opt/venv/bin/python install --no-cache-dir --disable-pip-version-check .
 
 FROM ${PYTHON_IMAGE}

@@ -1,7 +1,8 @@
 """Background processes for the benchmarks, each in its own process group, all stopped at the end.
 
 A dev server leaves children (esbuild) behind, so a process is stopped by
-signalling its whole group: SIGTERM, a grace period, then SIGKILL.
+signalling its whole group: SIGTERM, a grace period, then SIGKILL (the benchmarks are
+synchronous scripts, so this is the blocking twin of :meth:`core.processes.Child.stop`).
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ import signal
 import subprocess
 from pathlib import Path
 
+from core.processes import signal_group
+
 
 def stop_group(process: subprocess.Popen, grace: float = 10) -> None:
     """Stop ``process`` and everything left in its process group, then reap it."""
+    signal_group(process.pid, signal.SIGTERM)
     try:
-        os.killpg(process.pid, signal.SIGTERM)
         process.wait(grace)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    except subprocess.TimeoutExpired:
         pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # esbuild and anything else left in the group
-    except ProcessLookupError:
-        pass
+    signal_group(process.pid, signal.SIGKILL)  # esbuild and anything else left in the group
     process.wait()
 
 

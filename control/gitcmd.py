@@ -19,23 +19,22 @@ Output that reaches logs or clients goes through :meth:`GitRunner.scrub`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import os
 import re
-import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
+import anyio
 from git.cmd import Git
 from git.exc import UnsafeOptionError, UnsafeProtocolError
 from git.remote import Remote
 from git.repo.base import Repo
 
 from control.settings import ControlSettings
-from preview.process import signal_group
+from core import processes
 
 log = logging.getLogger(__name__)
 
@@ -190,32 +189,24 @@ class GitRunner:
             except (UnsafeOptionError, UnsafeProtocolError) as exc:
                 raise GitError(args[0], -1, str(exc)) from None
         log.debug("git %s (in %s)", " ".join(args[:6]), cwd)
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(args),
-            cwd=str(cwd),
+        child = await processes.start(
+            self.argv(args),
+            cwd=cwd,
             env=self._env,
-            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
+            stdin=processes.PIPE if input is not None else processes.DEVNULL,
         )
-        readers = asyncio.ensure_future(
-            asyncio.gather(
-                self._feed_and_read(proc, input),
-                self._read_stderr(proc.stderr, progress),  # type: ignore[arg-type]
-            )
-        )
+        stdout, stderr = bytearray(), bytearray()
         try:
-            while not (await asyncio.wait({readers}, timeout=PIPE_LINGER))[0]:
-                if proc.returncode is not None:
-                    # git has exited but a child of it (git-remote-https, ...) still holds the pipes.
-                    signal_group(proc.pid, signal.SIGKILL)
-            stdout, stderr = readers.result()
-            returncode = await proc.wait()
+            async with anyio.create_task_group() as group:
+                if input is not None:
+                    group.start_soon(child.send_input, input.encode())
+                assert child.stdout is not None and child.stderr is not None
+                group.start_soon(self._read_stdout, child.chunks(child.stdout), stdout)
+                group.start_soon(self._read_stderr, child.lines(child.stderr, ends=b"\r\n"), stderr, progress)
+                # git may exit while a child of it (git-remote-https, ...) still holds the pipes: killed after PIPE_LINGER.
+                returncode = await child.finish(linger=PIPE_LINGER)
         except BaseException:
-            signal_group(proc.pid, signal.SIGKILL)  # git and the helpers it started
-            readers.cancel()
-            await proc.wait()
+            await child.stop(grace=0)  # git and the helpers it started
             raise
         result = GitResult(returncode, stdout.decode("utf-8", "replace"), self.scrub(stderr.decode("utf-8", "replace")))
         if self.observer is not None:
@@ -227,29 +218,15 @@ class GitRunner:
         return result
 
     @staticmethod
-    async def _feed_and_read(proc: asyncio.subprocess.Process, input: str | None) -> bytes:
-        if input is not None:
-            assert proc.stdin is not None
-            proc.stdin.write(input.encode())
-            try:
-                await proc.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            proc.stdin.close()
-        assert proc.stdout is not None
-        return await proc.stdout.read()
+    async def _read_stdout(chunks: AsyncIterator[bytes], into: bytearray) -> None:
+        async for chunk in chunks:
+            into += chunk
 
-    async def _read_stderr(self, stream: asyncio.StreamReader, progress: Progress | None) -> bytes:
-        data = bytearray()
-        pending = ""
-        while chunk := await stream.read(4096):
-            data += chunk
-            if len(data) > MAX_STDERR:
-                del data[: len(data) - MAX_STDERR]
-            if progress is not None:
-                pending += chunk.decode("utf-8", "replace")
-                *lines, pending = _PROGRESS_SPLIT.split(pending)
-                for line in lines:
-                    if line.strip():
-                        progress(self.scrub(line.strip()))
-        return bytes(data)
+    async def _read_stderr(self, lines: AsyncIterator[bytes], into: bytearray, progress: Progress | None) -> None:
+        """Keep the last MAX_STDERR bytes; hand each progress line (git ends them with CR or LF) to ``progress``."""
+        async for line in lines:
+            into += line
+            if len(into) > MAX_STDERR:
+                del into[: len(into) - MAX_STDERR]
+            if progress is not None and line.strip():
+                progress(self.scrub(line.decode("utf-8", "replace").strip()))

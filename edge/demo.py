@@ -19,16 +19,18 @@ import asyncio
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 import uuid
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 import aiohttp
+import anyio
 
+from core import processes
 from edge.proxylog import ProxyLog
 from edge.settings import Settings
 
@@ -68,11 +70,9 @@ def _git(args: list[str], cwd: Path, check: bool = True) -> int:
     """Run git (an argument list, hooks off) quietly; raise with its message on failure when ``check``."""
     if not cwd.is_dir():
         return 128
-    result = subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
+    result = anyio.run(partial(processes.run, ["git", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd, timeout=None))
     if check and result.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)}: {result.stderr.strip()}")
+        raise RuntimeError(f"git {' '.join(args)}: {result.stderr.decode('utf-8', 'replace').strip()}")
     return result.returncode
 
 

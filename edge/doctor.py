@@ -12,15 +12,16 @@ import os
 import re
 import resource
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TextIO
 
 import anyio
 import nodesemver
 
+from core import processes
 from edge.auth import is_loopback
 from edge.settings import Settings, SettingsError
 from preview.node import AstroInstall, PreviewError, astro_install, node_version, npm_argv, resolve_node
@@ -55,10 +56,12 @@ class Check:
 def _run(argv: Sequence[str]) -> tuple[int, str]:
     """Run a version command; (exit status, combined output), (-1, reason) when it cannot run."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        done = anyio.run(partial(processes.run, argv, timeout=COMMAND_TIMEOUT))
+    except TimeoutError:  # (an OSError too)
+        return -1, f"{' '.join(argv)} did not finish within {COMMAND_TIMEOUT:g}s"
+    except OSError as exc:
         return -1, str(exc)
-    return done.returncode, (done.stdout + done.stderr).strip()
+    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace").strip()
 
 
 def check_git() -> Check:

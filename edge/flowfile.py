@@ -25,19 +25,21 @@ batch is cut off again so the file stays readable.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
 import pickle
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import AsyncIterator
 
+import anyio
 from mitmproxy import connection
 from mitmproxy.flow import Error
 from mitmproxy.http import Headers, HTTPFlow, Request, Response
@@ -47,6 +49,7 @@ from mitmproxy.websocket import WebSocketData
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from core import processes
 from edge.flow import ProxyFlow
 from edge.redact import redact_headers, redact_query
 
@@ -190,7 +193,8 @@ class FlowFile:
         self.written = 0  # exchanges on disk
         self.dropped = 0  # exchanges lost: queue full, writer process gone, or disk failing
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
-        self._child: subprocess.Popen[bytes] | None = None
+        self._child: processes.Child | None = None
+        self._replies: AsyncIterator[bytes] | None = None  # the writer's "written dropped" lines
         self._next_start = 0.0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="edge-flowfile", daemon=True)
@@ -229,36 +233,37 @@ class FlowFile:
             log.error("flow file %s: writer stuck, stopping it; %d exchanges not written", self.path, self._queue.qsize())
             child = self._child
             if child is not None:
-                child.kill()
+                child.kill_now()
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            while len(items) < _BATCH:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            flows = [item for item in items if isinstance(item, ProxyFlow)]
-            if flows:
-                self._deliver(flows)
-            for item in items:
-                if isinstance(item, threading.Event):
-                    item.set()
-            if _STOP in items:
-                self._stop_child()
-                return
+        # The writer process is a core.processes child like every other, driven by this thread's own event loop.
+        with asyncio.Runner() as runner:
+            while True:
+                items = [self._queue.get()]
+                while len(items) < _BATCH:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                flows = [item for item in items if isinstance(item, ProxyFlow)]
+                if flows:
+                    runner.run(self._deliver(flows))
+                for item in items:
+                    if isinstance(item, threading.Event):
+                        item.set()
+                if _STOP in items:
+                    runner.run(self._stop_child())
+                    return
 
-    def _deliver(self, flows: list[ProxyFlow]) -> None:
-        child = self._running_child()
+    async def _deliver(self, flows: list[ProxyFlow]) -> None:
+        child = await self._running_child()
         reply = b""
         if child is not None:
-            assert child.stdin is not None and child.stdout is not None
+            assert child.stdin is not None and self._replies is not None
             try:
-                pickle.dump([_portable(flow) for flow in flows], child.stdin, pickle.HIGHEST_PROTOCOL)
-                child.stdin.flush()
-                reply = child.stdout.readline()
+                await child.stdin.send(pickle.dumps([_portable(flow) for flow in flows], pickle.HIGHEST_PROTOCOL))
+                reply = await anext(self._replies, b"")
             except Exception as exc:  # a dead pipe (or an unpicklable flow): this batch is lost, not the writer
                 log.error("flow file %s: could not hand flows to the writer process (%r)", self.path, exc)
         try:
@@ -266,46 +271,62 @@ class FlowFile:
         except ValueError:
             self.dropped += len(flows)
             if child is not None:
-                self._child_failed(child)
+                await self._child_failed(child)
             return
         self.written += written
         self.dropped += dropped
 
-    def _running_child(self) -> subprocess.Popen[bytes] | None:
-        if self._child is not None and self._child.poll() is None:
+    async def _running_child(self) -> processes.Child | None:
+        if self._child is not None and _exists(self._child):
             return self._child
         if time.monotonic() < self._next_start:
             return None
         try:
-            self._child = subprocess.Popen(
+            self._child = await processes.start(
                 [sys.executable, "-m", "edge.flowfile", str(self.path), str(self.max_bytes)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
                 env=_child_env(),
-                close_fds=True,
+                stdin=processes.PIPE,
+                stderr=None,  # the writer's own log lines go where the edge's go
             )
+            assert self._child.stdout is not None
+            self._replies = self._child.lines(self._child.stdout)
         except OSError as exc:
             log.error("flow file %s: cannot start the writer process (%s)", self.path, exc)
             self._child, self._next_start = None, time.monotonic() + _RESTART_AFTER
         return self._child
 
-    def _child_failed(self, child: subprocess.Popen[bytes]) -> None:
-        log.error("flow file %s: writer process failed (exit %s); restarting it", self.path, child.poll())
-        child.kill()
-        child.wait()
-        self._child, self._next_start = None, time.monotonic() + _RESTART_AFTER
+    async def _child_failed(self, child: processes.Child) -> None:
+        log.error("flow file %s: writer process failed (exit %s); restarting it", self.path, child.returncode)
+        await child.stop(grace=0)
+        self._child, self._replies, self._next_start = None, None, time.monotonic() + _RESTART_AFTER
 
-    def _stop_child(self) -> None:
+    async def _stop_child(self) -> None:
         child, self._child = self._child, None
         if child is None:
             return
-        try:
-            assert child.stdin is not None
-            child.stdin.close()  # end of input: the writer closes the file and exits
-            child.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            child.kill()
-            child.wait()
+        assert child.stdin is not None
+        await child.stdin.aclose()  # end of input: the writer closes the file and exits
+        with anyio.move_on_after(5):
+            await child.wait()
+        await child.stop(grace=0)
+
+
+def _exists(child: processes.Child) -> bool:
+    """Whether the writer process is still there; its returncode may not know yet.
+
+    This thread's event loop runs only while a batch is handed over, so news
+    of an exit in between (reaped at once by asyncio's child watcher thread)
+    is still queued when the next batch comes; the process table is not late.
+    """
+    if child.returncode is not None:
+        return False
+    try:
+        os.kill(child.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _portable(flow: ProxyFlow) -> ProxyFlow:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import nodesemver
 
+from core import processes
 from preview.settings import PreviewSettings
 
 FALLBACK_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -61,8 +60,7 @@ async def node_version(node: str) -> str:
     """``node --version`` without the ``v`` (cached per binary)."""
     if node not in _versions:
         try:
-            with anyio.fail_after(15):
-                result = await anyio.run_process([node, "--version"], stderr=subprocess.STDOUT, check=False)
+            result = await processes.run([node, "--version"], stderr=processes.STDOUT, timeout=15)
         except (OSError, TimeoutError) as exc:
             raise PreviewError(f"NODE_BINARY ({node}) does not run: {exc}") from None
         text = result.stdout.decode(errors="replace").strip()

@@ -17,14 +17,13 @@ import json
 import logging
 import platform
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
-import anyio
 import nodesemver
 
+from core import processes
 from preview.logs import LogTail
 from preview.node import PreviewError, child_env, node_version, npm_argv, resolve_node
 from preview.process import run_to_end
@@ -126,8 +125,7 @@ class NodeFinder:
         if self._published is None:
             env = child_env(self.settings, node, network=True, extra={"npm_config_cache": str(self.npm_cache)})
             argv = [*npm_argv(node), "view", node_package(), "versions", "--json"]
-            with anyio.fail_after(120):
-                result = await anyio.run_process(argv, env=env, check=False, stderr=subprocess.PIPE)
+            result = await processes.run(argv, env=env, timeout=120)
             try:
                 published = json.loads(result.stdout)
             except ValueError:

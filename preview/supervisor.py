@@ -24,6 +24,7 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from core.processes import Child
 from preview.deps import DependencyStore
 from preview.locator import Locator
 from preview.logs import LogTail
@@ -31,7 +32,7 @@ from preview.node import AstroInstall, PreviewError, astro_install, check_engine
 from preview.nodes import NodeFinder, fits, site_engines
 from preview.packages import detect, dev_script, is_plain_astro_dev
 from preview.ports import NoFreePort, PortPool
-from preview.process import ManagedProcess, spawn
+from preview.process import spawn
 from preview.procs import group_members, rss_bytes
 from preview.routes import PreviewRoute, RouteState, RouteTable
 from preview.settings import PreviewSettings
@@ -70,7 +71,7 @@ class Preview:
     state: PreviewState = PreviewState.STOPPED
     error: str = ""
     port: int | None = None
-    process: ManagedProcess | None = None
+    process: Child | None = None
     restarts: int = 0
     install: str = ""
     node_binary: str = ""
@@ -415,7 +416,7 @@ class PreviewSupervisor:
         preview.dev_command = f"the site's dev script through {manager.label}: {script}"
         return [*tool, *manager.run_args("dev", *address)], preview.dev_command
 
-    async def _wait_ready(self, preview: Preview, proc: ManagedProcess, port: int, mark: int) -> str:
+    async def _wait_ready(self, preview: Preview, proc: Child, port: int, mark: int) -> str:
         """``ready`` once GET / answers below 500; ``port-taken``; or why it never became ready."""
         assert self._client is not None
         timeout = self.settings.astro_start_timeout

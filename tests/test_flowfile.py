@@ -228,8 +228,8 @@ async def test_a_dead_writer_process_is_replaced(edge, serve, tmp_path):
         # The writer gets none of the edge's environment (GITHUB_TOKEN, EDGE_API_TOKEN...).
         environ = Path(f"/proc/{writer.pid}/environ").read_bytes().split(b"\0")
         assert {item.split(b"=", 1)[0] for item in environ if item} == {b"PYTHONPATH"}
-        writer.kill()
-        await asyncio.to_thread(writer.wait, 10)
+        writer.kill_now()
+        await wait_for(lambda: not Path(f"/proc/{writer.pid}").exists(), 10, "the killed writer to be reaped")
 
         async with client.get(server.url("/session/s1/page?n=2")) as resp:
             assert resp.status == 200

@@ -27,21 +27,20 @@ line's ``api_error_status`` and the retry events' error kind. Cancelling the run
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import signal
+from contextlib import aclosing
 from dataclasses import replace
 from pathlib import Path
-from subprocess import PIPE
+from typing import AsyncIterator
 
 import anyio
 
 from control.executors import apierrors
 from control.executors.base import Emit, ExecutionError, RunRequest, RunResult, build_prompt, relative_to
 from control.settings import ControlSettings
-from preview.process import signal_group
+from core import processes
 
 log = logging.getLogger(__name__)
 
@@ -148,36 +147,27 @@ class ClaudeCodeExecutor:
         if home is not None:
             await anyio.to_thread.run_sync(lambda: home.mkdir(parents=True, exist_ok=True))
         try:
-            proc = await anyio.open_process(
-                self.argv(request), cwd=request.worktree, env=self.env(home),
-                stdin=PIPE, stdout=PIPE, stderr=PIPE, start_new_session=True,
+            child = await processes.start(
+                self.argv(request), cwd=request.worktree, env=self.env(home), stdin=processes.PIPE,
             )
         except OSError as exc:
             raise ExecutionError(f"could not start Claude Code ({self.settings.claude_cli}): {exc.strerror or exc}") from None
-        log.info("claude-code started (pid %d) in %s", proc.pid, request.worktree)
+        log.info("claude-code started (pid %d) in %s", child.pid, request.worktree)
         stream = _Stream(request.worktree, emit)
         stderr = bytearray()
+        returncode = None
         try:
-            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+            assert child.stdout is not None and child.stderr is not None
             async with anyio.create_task_group() as group:
-                tail_done = anyio.Event()
-                group.start_soon(_tail, proc.stderr, stderr, tail_done)
-                await proc.stdin.send(build_prompt(request).encode())
-                await proc.stdin.aclose()
-                await stream.read(proc.stdout)
-                returncode = None
+                group.start_soon(_tail, child.chunks(child.stderr), stderr)
+                await child.send_input(build_prompt(request).encode())
+                await stream.read(child.lines(child.stdout, max_line=MAX_LINE))
                 with anyio.move_on_after(EXIT_GRACE):
-                    returncode = await proc.wait()
-                with anyio.move_on_after(1):  # a grandchild may still hold stderr open
-                    await tail_done.wait()
+                    returncode = await child.wait()
+                await child.drained(1)  # a grandchild may still hold stderr open
                 group.cancel_scope.cancel()
         finally:
-            stopper = asyncio.ensure_future(_stop(proc))
-            try:
-                await asyncio.shield(stopper)
-            except asyncio.CancelledError:
-                await stopper
-                raise
+            await child.stop(TERM_GRACE)  # the agent and everything it started, even when cancelled
         tail = stderr.decode("utf-8", "replace").strip()[-300:]
         if stream.result is None:
             error = _NotStarted if not stream.started else ExecutionError
@@ -190,21 +180,10 @@ class ClaudeCodeExecutor:
         return stream.finish()
 
 
-async def _stop(proc: anyio.abc.Process) -> None:
-    """End the agent and everything it started: TERM to the group, then KILL after a grace period."""
-    if proc.returncode is None:
-        signal_group(proc.pid, signal.SIGTERM)
-        with anyio.move_on_after(TERM_GRACE):
-            await proc.wait()
-    signal_group(proc.pid, signal.SIGKILL)
-    await proc.wait()
-
-
-async def _tail(receive: anyio.abc.ByteReceiveStream, into: bytearray, done: anyio.Event) -> None:
-    async for chunk in receive:
+async def _tail(chunks: AsyncIterator[bytes], into: bytearray) -> None:
+    async for chunk in chunks:
         into += chunk
         del into[:-STDERR_TAIL]
-    done.set()
 
 
 class _Stream:
@@ -220,20 +199,16 @@ class _Stream:
         self._pending: dict[str, tuple[str, str | None]] = {}  # tool_use id → (tool, file)
         self.last_retry: dict = {}  # the CLI's last api_retry event: why a model call failed
 
-    async def read(self, receive: anyio.abc.ByteReceiveStream) -> None:
-        buffer = bytearray()
-        async for chunk in receive:
-            buffer += chunk
-            while (end := buffer.find(b"\n")) >= 0:
-                line = bytes(buffer[:end])
-                del buffer[: end + 1]
-                self.line(line)
-                if self.result is not None:
-                    return  # the last message; a leftover child may keep the pipe open
-            if len(buffer) > MAX_LINE:
-                raise ExecutionError("Claude Code wrote a line longer than 16 MiB")
-        if buffer.strip():
-            self.line(bytes(buffer))
+    async def read(self, lines: AsyncIterator[bytes]) -> None:
+        try:
+            async with aclosing(lines):  # stops reading (for drained()) at the result line
+                async for line in lines:
+                    if line.strip():
+                        self.line(line.rstrip(b"\n"))
+                    if self.result is not None:
+                        return  # the last message; a leftover child may keep the pipe open
+        except processes.LineTooLong:
+            raise ExecutionError("Claude Code wrote a line longer than 16 MiB") from None
 
     def line(self, raw: bytes) -> None:
         try:

@@ -356,16 +356,18 @@ async def test_stopping_drains_requests_in_flight_then_cuts_endless_streams(sett
 
 
 async def wait_healthy(proc: asyncio.subprocess.Process, url: str) -> None:
-    async with aiohttp.ClientSession() as client, asyncio.timeout(30):
-        while proc.returncode is None:
+    """Until ``edge serve`` says it is healthy; fail at once when it exits first."""
+    async with aiohttp.ClientSession() as client:
+
+        async def healthy() -> bool:
+            assert proc.returncode is None, f"edge serve exited with {proc.returncode} before it was healthy"
             try:
                 async with client.get(url) as resp:
-                    if resp.status == 200 and (await resp.json())["status"] == "healthy":
-                        return
+                    return resp.status == 200 and (await resp.json())["status"] == "healthy"
             except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"edge serve exited with {proc.returncode} before it was healthy")
+                return False
+
+        await wait_until(healthy, "edge serve to be healthy", 30, interval=0.1)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

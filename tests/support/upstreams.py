@@ -214,14 +214,6 @@ def upstream_app() -> web.Application:
     return app
 
 
-def echo_app() -> web.Application:
-    """An upstream that echoes every request (any method, any path) as JSON."""
-    app = web.Application(middlewares=[_record], client_max_size=1024**3)
-    app[SEEN] = []
-    app.router.add_route("*", "/{tail:.*}", _echo)
-    return app
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

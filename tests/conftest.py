@@ -16,8 +16,9 @@ from aiohttp import web
 from edge.proxylog import ProxyLog
 from edge.server import start_edge
 from edge.settings import Settings
+from tests.support.upstreams import RecordingUpstream
 
-pytest_plugins: list[str] = ["tests.fixtures_rawhttp", "tests.fixtures_astro", "tests.fixtures_browser", "tests.fixtures_preview", "tests.fixtures_git", "tests.fixtures_dynamodb", "tests.fixtures_claude"]
+pytest_plugins: list[str] = ["tests.fixtures_astro", "tests.fixtures_browser", "tests.fixtures_preview", "tests.fixtures_git", "tests.fixtures_dynamodb", "tests.fixtures_claude"]
 
 
 def free_port() -> int:
@@ -36,8 +37,13 @@ class RunningServer:
         self.app = runner.app
 
     @property
+    def host(self) -> str:
+        """The ``Host`` a client sends to this server."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}"
 
     def url(self, path: str = "/") -> str:
         return self.origin + path
@@ -104,3 +110,11 @@ async def edge(settings: Settings, serve: ServeFactory) -> AsyncIterator[Callabl
     yield start
     for server in reversed(started):
         await server.runner.cleanup()
+
+
+@pytest.fixture
+async def recording_upstream(serve: ServeFactory) -> RecordingUpstream:
+    """A :class:`RecordingUpstream` served on 127.0.0.1 (``.origin``)."""
+    upstream = RecordingUpstream()
+    upstream.origin = (await serve(upstream.app())).origin
+    return upstream

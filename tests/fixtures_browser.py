@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, Response, WebSocket, async_playwright
+from playwright.async_api import Error as PlaywrightError
 
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.fixtures_astro import require
+from tests.support.polling import wait_until
 
 
 @pytest.fixture
@@ -106,3 +108,21 @@ async def page(browser: Browser) -> AsyncIterator[WatchedPage]:
         yield watched
     finally:
         await context.close()
+
+
+async def eventually(
+    page: Page, script: str, what: str, timeout: float = 120.0, context: Callable[[], object] = lambda: ""
+) -> Any:
+    """Evaluate ``script`` until it returns something truthy, across reloads and navigations;
+    on timeout say ``what``, the last value and ``context()``."""
+    last = None
+
+    async def value() -> Any:
+        nonlocal last
+        try:
+            last = await page.evaluate(script)
+        except PlaywrightError:
+            return None  # the page navigated (the starting page refreshes itself; Vite reloads)
+        return last
+
+    return await wait_until(value, what, timeout, interval=0.2, detail=lambda: f"last value {last!r}; {context()}")

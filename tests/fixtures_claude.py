@@ -24,7 +24,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
@@ -38,6 +37,7 @@ from tests.conftest import free_port
 from tests.fake_bedrock_stream import FakeBedrockModel
 from tests.fixtures_astro import CACHE, require
 from tests.fixtures_git import GitApi
+from tests.support.polling import answers, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,10 +54,12 @@ class FakeClaude:
 
     async def wait_calls(self, count: int, deadline: float = 20.0) -> list[dict]:
         """The calls, once there are ``count`` of them (bounded wait)."""
-        end = time.monotonic() + deadline
-        while len(self.calls()) < count:
-            assert time.monotonic() < end, f"fake claude was called {len(self.calls())} times, expected {count}"
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: len(self.calls()) >= count,
+            f"{count} calls of fake claude",
+            deadline,
+            detail=lambda: f"it was called {len(self.calls())} times",
+        )
         return self.calls()
 
 
@@ -148,13 +150,8 @@ def process_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
-async def wait_gone(pid: int, deadline: float = 15.0) -> bool:
-    end = time.monotonic() + deadline
-    while not process_gone(pid):
-        if time.monotonic() > end:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+async def wait_gone(pid: int, deadline: float = 15.0) -> None:
+    await wait_until(lambda: process_gone(pid), f"process {pid} to end", deadline)
 
 
 @dataclass
@@ -277,34 +274,26 @@ async def sigterm_during_a_hung_call(tmp_path: Path, home: Path, repo_url: str, 
     origin = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(origin + "/health") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
+
+            async def up() -> bool:
                 assert proc.poll() is None, path.read_text()
-                await asyncio.sleep(0.1)
+                return await answers(session, origin + "/health")
+
+            await wait_until(up, "the edge's /health", 60, interval=0.1)
             async with session.post(origin + "/api/init", json={**ids, "repoUrl": repo_url}) as resp:
                 assert resp.status == 200, await resp.text()
                 sid = (await resp.json())["sessionId"]
             running = asyncio.ensure_future(session.post(origin + "/api/execute", json={**ids, "instruction": "anything"}))
-            for _ in range(600):
-                if requests:
-                    break
-                await asyncio.sleep(0.05)
-            assert requests, path.read_text()
+            await wait_until(lambda: requests, "the model request", 30, detail=path.read_text)
             if cancel_first:
                 async with session.post(origin + f"/api/claude/{sid}/cancel", json={}) as resp:
                     assert (await resp.json())["cancelled"] is True
                 answer = await asyncio.wait_for(running, 30)
                 assert answer.status == 409
             proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + STOP_DRAIN + 5
-            while proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            assert proc.poll() is not None, "the edge was still running EDGE_DRAIN_SECONDS + 5 s after SIGTERM"
+            await wait_until(
+                lambda: proc.poll() is not None, "the edge to exit within EDGE_DRAIN_SECONDS + 5 s of SIGTERM", STOP_DRAIN + 5
+            )
             running.cancel()
     finally:
         if proc.poll() is None:

@@ -16,6 +16,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.conftest import free_port
+from tests.support.polling import wait_until_blocking
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -93,14 +94,15 @@ class FakeDynamo:
 
     def wait_item(self, session_id: str, check=lambda item: item is not None, timeout: float = 30.0) -> dict | None:
         """The item once ``check(item)`` holds (a bounded wait: the writer is asynchronous)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        item: dict | None = None
+
+        def matched() -> tuple[dict | None] | None:
+            nonlocal item
             item = self.item(session_id)
-            if check(item):
-                return item
-            if time.monotonic() > deadline:
-                raise AssertionError(f"DynamoDB item of {session_id} never matched; last: {item}")
-            time.sleep(0.1)
+            return (item,) if check(item) else None
+
+        (found,) = wait_until_blocking(matched, f"the DynamoDB item of {session_id} to match", timeout, detail=lambda: f"last: {item}")
+        return found
 
 
 def _plain(raw: dict) -> dict:

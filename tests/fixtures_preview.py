@@ -8,7 +8,6 @@ the real session ids (``SessionRegistry.session_id_of``) and open from a bare UR
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from edge.settings import Settings
 from preview.procs import group_members
 from tests.conftest import RunningServer, free_port
 from tests.fixtures_astro import ROOT, AstroSite
+from tests.support.polling import wait_until
 
 NPM_CACHE = ROOT / ".cache" / "npm"  # kept between runs, so `npm ci` in tests is quick
 STATE_TIMEOUT = 120.0
@@ -122,14 +122,14 @@ class PreviewEdge:
 
     async def wait_state(self, session_id: str, states: set[str], timeout: float = STATE_TIMEOUT) -> dict:
         """Wait until the preview is in one of ``states``; fail with its status otherwise."""
-        deadline = time.monotonic() + timeout
         status: dict = {}
-        while time.monotonic() < deadline:
+
+        def reached() -> dict | None:
+            nonlocal status
             status = self.supervisor.status(session_id)
-            if status["state"] in states:
-                return status
-            await asyncio.sleep(0.1)
-        pytest.fail(f"preview {session_id} not in {states} after {timeout:.0f}s: {status}", pytrace=False)
+            return status if status["state"] in states else None
+
+        return await wait_until(reached, f"preview {session_id} in {states}", timeout, interval=0.1, detail=lambda: status)
 
 
 PreviewEdgeFactory = Callable[..., Awaitable[PreviewEdge]]
@@ -145,16 +145,6 @@ async def preview_edge(edge) -> AsyncIterator[PreviewEdgeFactory]:
             return PreviewEdge(server, client)
 
         yield start
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a condition with a bounded deadline (no bare sleeps in tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}", pytrace=False)
 
 
 def group_gone(pgid: int) -> bool:

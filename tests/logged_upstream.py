@@ -6,14 +6,11 @@ so a test can assert that none of them reaches stdout, memory or disk.
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
-from edge import keys
-from edge.routing import Route
+from tests.support.routes import add_route
+from tests.support.websocket import ws_echo
 
 PUBLIC_HOST = "edit.amelia.webordinary.com"
 SECRETS = {
@@ -47,20 +44,12 @@ def upstream_app() -> web.Application:
     async def upload(request: web.Request) -> web.Response:
         return web.Response(text=str(len(await request.read())))
 
-    async def hmr(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(protocols=("vite-hmr",))
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                await ws.send_str(f"echo {msg.data}")
-        return ws
-
     app = web.Application()
     app.router.add_get("/page", page)
     app.router.add_get("/hop", hop)
     app.router.add_get("/redirect", redirect)
     app.router.add_post("/upload", upload)
-    app.router.add_get("/hmr", hmr)
+    app.router.add_get("/hmr", ws_echo(("vite-hmr",), prefix="echo "))
     return app
 
 
@@ -72,11 +61,6 @@ async def logged_edge(edge, serve, sessions: tuple[str, ...] = ("s1",), **overri
     for session in sessions:
         add_route(server, session, upstream.origin)
     return server, upstream
-
-
-def add_route(server, session_id: str, origin: str) -> None:
-    """Point a session at an upstream (as the routes API or the preview supervisor would)."""
-    server.app[keys.SESSIONS].set(Route(session_id, URL(origin), source="api"))
 
 
 async def secret_traffic(client: aiohttp.ClientSession, edge_url) -> None:
@@ -110,12 +94,3 @@ async def secret_traffic(client: aiohttp.ClientSession, edge_url) -> None:
         assert (await ws.receive_str()) == "echo ping"
         await ws.close()
 
-
-async def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true (a WebSocket's record lands after the client saw the close)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)

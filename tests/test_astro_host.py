@@ -9,11 +9,9 @@ server through the edge's session cookie.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 import aiohttp
 import pytest
@@ -22,6 +20,8 @@ from tests.chromium import PUBLIC_HOST
 from tests.conftest import RunningServer
 from tests.fixtures_astro import AstroSite
 from tests.fixtures_browser import WatchedPage
+from tests.support.polling import wait_until
+from tests.support.routes import post_route
 
 pytestmark = pytest.mark.astro
 
@@ -49,20 +49,13 @@ class Preview:
         return f"http://{self.public_host}/session/{self.session_id}/"
 
 
-async def route_to(edge_server: RunningServer, session_id: str, origin: str) -> None:
-    """Point a session at a dev server through the edge's routes API."""
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_TOKEN}"}) as client:
-        async with client.post(edge_server.url(f"/api/routes/{session_id}"), json={"target": origin}) as resp:
-            assert resp.status == 201, await resp.text()
-
-
 @pytest.fixture(params=["5", "7"], ids=["astro5", "astro7"])
 async def preview(request, shared_astro_dev, edge) -> Preview:
     """A real ``astro dev`` (shared, read-only) for Astro 5 or 7, and a real edge routing a session to it."""
     site, origin = await shared_astro_dev(request.param)
     server = await edge(api_token=API_TOKEN)
     session_id = f"astro{request.param}-thread"
-    await route_to(server, session_id, origin)
+    await post_route(server.origin, session_id, origin, token=API_TOKEN)
     return Preview(site, origin, server, session_id)
 
 
@@ -73,17 +66,8 @@ async def own_preview(request, astro_site, astro_dev, edge) -> Preview:
     origin = await astro_dev(site)
     server = await edge(api_token=API_TOKEN)
     session_id = f"astro{request.param}-own"
-    await route_to(server, session_id, origin)
+    await post_route(server.origin, session_id, origin, token=API_TOKEN)
     return Preview(site, origin, server, session_id)
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = HMR_DEADLINE_MS / 1000) -> None:
-    """Poll a condition on what the browser reported, with a bounded deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def ws_token(client_source: str) -> str:
@@ -155,7 +139,7 @@ async def test_chromium_previews_edits_live_and_follows_root_links(own_preview: 
     browser_page = page.page
     await browser_page.goto(preview.public_url, wait_until="load")
     # Vite logs this once its HMR socket has received {"type": "connected"}.
-    await wait_until(lambda: any("[vite] connected" in m for m in page.console_messages), "the HMR socket to connect")
+    await wait_until(lambda: any("[vite] connected" in m for m in page.console_messages), "the HMR socket to connect", HMR_DEADLINE_MS / 1000)
 
     sockets = [ws for ws in page.websockets if "?token=" in ws.url]
     assert sockets and sockets[0].url.startswith(f"ws://{preview.public_host}/?token=")

@@ -12,8 +12,9 @@ import logging
 
 import pytest
 
-from tests.fixtures_rawhttp import add_route, closed_by_peer, open_raw, read_response, request
-from tests.upstreams import raw_upstream
+from tests.support.rawhttp import closed_by_peer, open_raw, read_response, request
+from tests.support.routes import add_route
+from tests.support.upstreams import raw_upstream
 
 pytestmark = pytest.mark.both_paths
 

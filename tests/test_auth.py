@@ -11,15 +11,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from yarl import URL
 
-from edge import keys
 from edge.auth import exposure_problem, is_loopback, is_protected
-from edge.routing import Route
 from edge.settings import Settings
 from tests.conftest import free_port
-from tests.upstreams import SEEN, upstream_app
-from tests.ws_upstreams import PROTOCOLS, WsUpstream
+from tests.support.routes import add_route
+from tests.support.upstreams import SEEN, upstream_app
+from tests.support.websocket import PROTOCOLS, WsUpstream
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -137,7 +135,7 @@ async def test_session_hosts_never_reach_the_api(edge, serve):
     """On ``<id>.localhost`` every path is the preview's: /api/* and /metrics go upstream, no token asked."""
     upstream = await serve(upstream_app())
     guarded = await edge(api_token=TOKEN)
-    guarded.app[keys.SESSIONS].set(Route("s1", URL(upstream.origin)))
+    add_route(guarded, "s1", upstream.origin)
     async with aiohttp.ClientSession(timeout=WAIT) as client:
         for path in ("/api/routes", "/api/init", "/metrics"):
             async with client.get(guarded.url(path), headers={"Host": f"s1.localhost:{guarded.port}"}) as resp:
@@ -151,7 +149,7 @@ async def ws_session(edge, serve):
     recorder = WsUpstream()
     upstream = await serve(recorder.app())
     guarded = await edge(api_token=TOKEN)
-    guarded.app[keys.SESSIONS].set(Route("s1", URL(upstream.origin)))
+    add_route(guarded, "s1", upstream.origin)
     return guarded, recorder
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.fixtures_dynamodb import FakeDynamo
+from tests.support.polling import wait_until_blocking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,17 +48,21 @@ def _start(tmp_path: Path, git_home: Path, minutes: float, extra: dict | None = 
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    deadline = time.monotonic() + 30
-    while True:
+    log_text = (tmp_path / f"edge-{port}.log").read_text
+
+    def healthy() -> bool:
+        assert proc.poll() is None, log_text()
         try:
-            if _request(port, "GET", "/health")[0] == 200:
-                return proc, port
+            return _request(port, "GET", "/health")[0] == 200
         except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError((tmp_path / f"edge-{port}.log").read_text())
-        time.sleep(0.1)
+            return False
+
+    try:
+        wait_until_blocking(healthy, "the edge's /health", 30, detail=log_text)
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, port
 
 
 def _group_gone(pgid: int) -> bool:
@@ -69,14 +74,16 @@ def _group_gone(pgid: int) -> bool:
 
 
 def _wait_exit(proc: subprocess.Popen, timeout: float, poll=None) -> int:
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("the edge did not stop by itself")
-        if poll is not None:
+    def exited() -> bool:
+        if proc.poll() is None and poll is not None:
             poll()
-        time.sleep(0.5)
+        return proc.poll() is not None
+
+    try:
+        wait_until_blocking(exited, "the edge to stop by itself", timeout, interval=0.5)
+    except AssertionError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     return proc.returncode
 
 

@@ -23,12 +23,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from tests.conftest import free_port
 from tests.fixtures_astro import require
+from tests.support.polling import wait_until_blocking
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "localhost/webordinary-edge:test"
@@ -122,15 +123,13 @@ class Container:
         result = podman("logs", self.name, check=False)
         return result.stdout + result.stderr
 
+    def log_tail(self) -> str:
+        """The end of the container's log, for a failure message."""
+        return f"container log:\n{self.logs()[-4000:]}"
 
-def wait_for(check, timeout: float, what: str, container: Container):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what} within {timeout:.0f} s; container log:\n{container.logs()[-4000:]}")
+    def wait_for(self, check: Callable[[], Any], what: str, timeout: float) -> Any:
+        """``check()`` once it is truthy (polled every 0.5 s); on timeout fail with the log's end."""
+        return wait_until_blocking(check, what, timeout, interval=0.5, detail=self.log_tail)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +171,7 @@ def health(box: Container) -> dict | None:
 
 
 def test_health_answers_and_every_process_runs_as_uid_1000(container, request):
-    body = wait_for(lambda: health(container), 60, "/health answered", container)
+    body = container.wait_for(lambda: health(container), "/health to answer", 60)
     report(request.config, f"/health answered {time.monotonic() - container.started:.1f} s after podman run")
     assert body["status"] == "healthy"
     # Every process in the container (tini, the entrypoint's exec'd edge, its workers).
@@ -201,7 +200,7 @@ def test_claude_code_runs_inside(container):
 
 
 def test_init_then_preview_through_the_edge_then_execute(container, request):
-    wait_for(lambda: health(container), 60, "/health answered", container)
+    container.wait_for(lambda: health(container), "/health to answer", 60)
     thread = {"clientId": "amelia", "userId": "owner", "threadId": "t1"}
     status, body = container.api("POST", "/api/init", {**thread, "repoUrl": "/repos/site.git"})
     assert status == 200 and body["success"], body
@@ -215,7 +214,7 @@ def test_init_then_preview_through_the_edge_then_execute(container, request):
             return None
         return page if code == 200 else None
 
-    page = wait_for(preview, 600, "the preview answered 200", container)
+    page = container.wait_for(preview, "the preview to answer 200", 600)
     report(request.config, f"first preview 200 {time.monotonic() - container.started:.1f} s after podman run")
     assert "Welcome to Amelia" in page
     # The public host is the only one allowed: another Host is refused, never proxied.
@@ -227,13 +226,14 @@ def test_init_then_preview_through_the_edge_then_execute(container, request):
     assert status == 200 and run["success"], run
     assert run["mode"] == "simulation" and run["filesChanged"]
     assert run["commit"]
-    updated = wait_for(lambda: (p := preview()) and "Say hello from the container" in p and p, 120,
-                       "the preview showed the change", container)
+    updated = container.wait_for(
+        lambda: (p := preview()) and "Say hello from the container" in p and p, "the preview to show the change", 120
+    )
     assert "data-webordinary-simulation" in updated
 
 
 def test_stop_exits_0_within_the_stop_timeout_and_leaves_no_process(container, request):
-    wait_for(lambda: health(container), 60, "/health answered", container)
+    container.wait_for(lambda: health(container), "/health to answer", 60)
     top = podman("top", container.name, "hpid", "args").stdout.splitlines()[1:]
     host_pids = [int(line.split()[0]) for line in top if line.split()]
     assert any("astro" in line for line in top), top  # the dev server from the test above is among them

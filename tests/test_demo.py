@@ -28,6 +28,7 @@ from preview.node import node_version
 from tests.conftest import free_port
 from tests.fixtures_astro import CACHE, EXAMPLE_SITE, ROOT, _link_node_modules, node_for, require
 from tests.fixtures_preview import processes_in
+from tests.support.polling import wait_until
 
 STARTUP_TIMEOUT = 180.0
 PAGE_TIMEOUT = 120_000  # ms, for Playwright
@@ -131,15 +132,15 @@ async def seeded_demo(tmp_path: Path) -> Path:
 
 
 async def wait_served(client: aiohttp.ClientSession, url: str, **headers: str) -> str:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
+    """The page at ``url`` once the preview serves it (503 meanwhile, nothing else)."""
+
+    async def served() -> str | None:
         async with client.get(url, headers={"Accept": "text/html", **headers}) as resp:
             text = await resp.text()
-            if resp.status == 200:
-                return text
-            assert resp.status == 503, (resp.status, text[:500])
-        assert time.monotonic() < deadline, f"{url} was not served in time"
-        await asyncio.sleep(0.25)
+            assert resp.status in (200, 503), (resp.status, text[:500])
+            return text if resp.status == 200 else None
+
+    return await wait_until(served, f"{url} to be served", STARTUP_TIMEOUT, interval=0.25)
 
 
 @pytest.mark.astro
@@ -167,10 +168,11 @@ async def test_the_demo_previews_the_example_site_and_a_simulated_edit_appears_l
 
             await page.page.goto(preview_url, timeout=PAGE_TIMEOUT)
             await page.page.wait_for_selector("h1:has-text('Welcome to Amelia')", timeout=PAGE_TIMEOUT)
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while not any("[vite] connected" in m for m in page.console_messages):  # HMR listens
-                assert time.monotonic() < deadline, "Vite's HMR client never connected through the edge"
-                await asyncio.sleep(0.1)
+            await wait_until(  # HMR listens
+                lambda: any("[vite] connected" in m for m in page.console_messages),
+                "Vite's HMR client to connect through the edge",
+                STARTUP_TIMEOUT,
+            )
             assert page.problems() == []
 
             url, headers, body = curl_request(curl_line)

@@ -11,7 +11,9 @@ import asyncio
 
 from aiohttp import web
 
-from tests.fixtures_rawhttp import add_route, open_raw, read_response, request
+from tests.support.rawhttp import open_raw, read_response, request
+from tests.support.routes import add_route
+from tests.support.upstreams import app_with
 
 FOREVER = 3600
 
@@ -29,9 +31,8 @@ class Observed:
 
 
 async def upstream_with(serve, handler) -> str:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return (await serve(app, handler_cancellation=True)).origin
+    """The origin of an upstream whose every request goes to ``handler`` (cancelled when the edge leaves)."""
+    return (await serve(app_with({"/{tail:.*}": handler}), handler_cancellation=True)).origin
 
 
 async def test_disconnect_while_the_upstream_is_slow_to_answer_cancels_it(edge, serve):

@@ -8,14 +8,7 @@ import time
 from control.dynamo import DYNAMO, TTL_SECONDS
 from control.sessions import REGISTRY
 from edge.tracking import TRACKER
-
-
-async def _until(check, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.05)
+from tests.support.polling import wait_until
 
 
 async def _item(dynamodb, session_id, check=lambda item: item is not None):
@@ -39,7 +32,7 @@ async def test_items_follow_the_session_life(git_edge, remote, dynamodb):
 
     # Activity reaches DynamoDB through the heartbeat.
     first = item["lastActivity"]
-    await _until(lambda: int(time.time() * 1000) > first)
+    await wait_until(lambda: int(time.time() * 1000) > first, "the next millisecond", 30)
     assert (await api.call("GET", "/api/git/status/c1/u1/t1")).status == 200
     later = await _item(dynamodb, sid, lambda i: i["lastActivity"] > first)
     assert later["status"] == "active" and later["ttl"] >= item["ttl"]
@@ -73,10 +66,10 @@ async def test_requests_succeed_while_dynamodb_is_down_and_writes_land_later(git
     status = await api.call("GET", "/api/status/c1/u1/t2")
     assert status.status == 200
     sid = second.body["sessionId"]
-    await _until(lambda: writer.failures > failures)  # it tried, failed, and keeps the update queued
+    await wait_until(lambda: writer.failures > failures, "a failed write", 30)  # it tried, failed, and keeps the update queued
     assert writer.pending >= 1
 
     dynamodb.start()
     item = await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "active")
     assert item["threadId"] == "t2"
-    await _until(lambda: writer.pending == 0)
+    await wait_until(lambda: writer.pending == 0, "the queued update written", 30)

@@ -16,8 +16,9 @@ from aiohttp import web
 from edge.fastpath import FAST_PATH
 from edge.proxylog import JsonLines, ProxyLog
 from edge.server import start_edge
-from tests.fixtures_rawhttp import add_route, open_raw, read_response, request
-from tests.upstreams import canned, raw_upstream, read_head
+from tests.support.rawhttp import open_raw, read_head, read_response, request
+from tests.support.routes import add_route
+from tests.support.upstreams import app_with, canned, raw_upstream
 
 # Headers only one of the two servers writes by itself (aiohttp's server signs its answers).
 OWN_HEADERS = {"date", "server"}
@@ -219,9 +220,7 @@ async def test_stopping_lets_an_answer_in_progress_finish(settings, serve):
         await asyncio.sleep(0.5)
         return web.Response(text="finished")
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", slow)
-    upstream = await serve(app)
+    upstream = await serve(app_with({"GET /{tail:.*}": slow}))
     running = await start_edge(replace(settings, port=0, drain_seconds=5))
     add_route(running.runner, "s1", upstream.origin)
     reader, writer = await open_raw(running.port)

@@ -19,7 +19,9 @@ from edge.flowfile import FlowFile
 from edge.proxylog import ProxyLog
 from edge.settings import Settings
 from tests.conftest import free_port
-from tests.logged_upstream import PUBLIC_HOST, SECRETS, UPLOAD, add_route, logged_edge, secret_traffic, wait_for
+from tests.logged_upstream import PUBLIC_HOST, SECRETS, UPLOAD, logged_edge, secret_traffic
+from tests.support.polling import wait_until
+from tests.support.routes import add_route
 
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 # A mitmproxy addon that prints each flow it reads as one JSON line (mitmdump fires
@@ -82,7 +84,7 @@ async def test_mitmdump_reads_both_sides_of_every_exchange(edge, serve, tmp_path
     add_route(server, "gone", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     async with aiohttp.ClientSession() as client:
         await secret_traffic(client, server.url)
-        await wait_for(lambda: len(server.app[keys.PROXY_LOG].recent.records) == 5, what="five exchanges")
+        await wait_until(lambda: len(server.app[keys.PROXY_LOG].recent.records) == 5, "five exchanges")
         async with client.get(server.url("/session/gone/x"), headers={"Host": PUBLIC_HOST}) as resp:
             assert resp.status == 502
     files = flow_file_of(server)

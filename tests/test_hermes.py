@@ -22,6 +22,7 @@ from control.runs import PLANS_FILE
 from edge.proxylog import JsonLines, ProxyLog
 from tests.chromium import PUBLIC_HOST
 from tests.fixtures_git import git, git_settings
+from tests.support.polling import wait_until
 from tests.test_init_preview import edge_overrides, served, site_repo  # noqa: F401 (fixtures)
 
 PAGE = "src/pages/index.astro"
@@ -218,14 +219,15 @@ async def test_a_long_run_answers_in_progress_and_goes_on(hermes_edge, settings,
     status, answer = await hermes.instruction(sid, "add a gallery")
     assert status == 200 and answer["success"] is True and answer["inProgress"] is True, answer
     assert "preview will update" in answer["summary"]
-    deadline = time.monotonic() + 30
-    while True:
+    state: dict = {}
+
+    async def finished() -> bool:
+        nonlocal state
         status, state = await hermes.get(f"/api/claude/{sid}/status")
         assert status == 200
-        if not state["running"] and "lastResult" in state:
-            break
-        assert time.monotonic() < deadline, state
-        await asyncio.sleep(0.1)
+        return not state["running"] and "lastResult" in state
+
+    await wait_until(finished, "the run's last result", 30, interval=0.1, detail=lambda: state)
     assert state["lastResult"]["success"] is True and state["lastResult"]["gitCommit"]
     assert "add a gallery" in git(["log", "-1", "--format=%s"], worktree_of(settings, sid), git_home)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import aiohttp
 import pytest
 
 from edge.hostpolicy import HostPolicy, split_host
-from tests.upstreams import SEEN, add_route, header_values, parse_response, raw_exchange, upstream_app
+from tests.support.rawhttp import parse_response, raw_exchange, request
+from tests.support.routes import post_route
+from tests.support.upstreams import SEEN, header_values, upstream_app
 
 
 @pytest.fixture
@@ -17,15 +21,15 @@ async def proxied(edge, serve):
         one = await serve(upstream_app())
         two = await serve(upstream_app())
         server = await edge(**overrides)
-        await add_route(server.origin, "s1", one.origin)
-        await add_route(server.origin, "s2", two.origin)
+        await post_route(server.origin, "s1", one.origin)
+        await post_route(server.origin, "s2", two.origin)
         return server, one, two
 
     return start
 
 
-def request(target: str, *headers: str, version: str = "1.1") -> bytes:
-    return "\r\n".join([f"GET {target} HTTP/{version}", *headers, "Connection: close", "", ""]).encode()
+# The Host line (or its absence) is what these tests are about, so it is written out as a header line.
+get = functools.partial(request, "GET", host=None, connection="close")
 
 
 async def status_of(port: int, data: bytes) -> int:
@@ -42,7 +46,7 @@ async def status_of(port: int, data: bytes) -> int:
 async def test_unknown_host_is_421_and_never_proxied(proxied, host):
     server, one, _ = await proxied()
     for target in ("/session/s1/", "/api/routes", "/@vite/client"):
-        data = request(target, f"Host: {host}", "Cookie: edge_session=s1", "Accept: text/html")
+        data = get(target, f"Host: {host}", "Cookie: edge_session=s1", "Accept: text/html")
         assert await status_of(server.port, data) == 421
     assert one.app[SEEN] == []
 
@@ -53,7 +57,7 @@ async def test_unknown_host_is_421_and_never_proxied(proxied, host):
 )
 async def test_public_hosts_are_served(proxied, host):
     server, one, _ = await proxied()
-    assert await status_of(server.port, request("/session/s1/", f"Host: {host}")) == 200
+    assert await status_of(server.port, get("/session/s1/", f"Host: {host}")) == 200
     assert header_values(one.app[SEEN][0], "X-Forwarded-Host") == [host]
 
 
@@ -61,20 +65,20 @@ async def test_wildcards_match_below_the_name_only(proxied):
     server, one, _ = await proxied(
         public_hosts=("*.example.test", "127.0.0.1"), session_host_patterns=("{session}.preview.test",)
     )
-    assert await status_of(server.port, request("/session/s1/", "Host: a.example.test")) == 200
-    assert await status_of(server.port, request("/session/s1/", "Host: a.b.example.test")) == 200
-    assert await status_of(server.port, request("/session/s1/", "Host: example.test")) == 421
-    assert await status_of(server.port, request("/session/s1/", "Host: evilexample.test")) == 421
-    assert await status_of(server.port, request("/session/s1/", "Host: localhost")) == 421
+    assert await status_of(server.port, get("/session/s1/", "Host: a.example.test")) == 200
+    assert await status_of(server.port, get("/session/s1/", "Host: a.b.example.test")) == 200
+    assert await status_of(server.port, get("/session/s1/", "Host: example.test")) == 421
+    assert await status_of(server.port, get("/session/s1/", "Host: evilexample.test")) == 421
+    assert await status_of(server.port, get("/session/s1/", "Host: localhost")) == 421
     assert len(one.app[SEEN]) == 2
 
 
 @pytest.mark.parametrize(
     "data",
     [
-        request("http://other.example/session/s1/", "Host: localhost"),
-        request("http://localhost/session/s1/", "Host: localhost"),
-        request("//localhost/session/s1/", "Host: localhost"),
+        get("http://other.example/session/s1/", "Host: localhost"),
+        get("http://localhost/session/s1/", "Host: localhost"),
+        get("//localhost/session/s1/", "Host: localhost"),
         b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n",
     ],
@@ -89,15 +93,15 @@ async def test_odd_request_targets_are_refused(proxied, data):
 @pytest.mark.parametrize(
     "data",
     [
-        request("/session/s1/", version="1.0"),
-        request("/session/s1/"),
-        request("/session/s1/", "Host: localhost", "Host: localhost"),
-        request("/session/s1/", "Host: localhost", "Host: evil.example"),
-        request("/session/s1/", "Host: "),
-        request("/session/s1/", "Host: user@localhost"),
-        request("/session/s1/", "Host: localhost:http"),
-        request("/session/s1/", "Host: local host"),
-        request("/session/s1/", "Host: [::1"),
+        get("/session/s1/", version="1.0"),
+        get("/session/s1/"),
+        get("/session/s1/", "Host: localhost", "Host: localhost"),
+        get("/session/s1/", "Host: localhost", "Host: evil.example"),
+        get("/session/s1/", "Host: "),
+        get("/session/s1/", "Host: user@localhost"),
+        get("/session/s1/", "Host: localhost:http"),
+        get("/session/s1/", "Host: local host"),
+        get("/session/s1/", "Host: [::1"),
     ],
     ids=["http10-missing", "missing", "duplicate", "duplicate-other", "empty", "userinfo", "bad-port", "space", "bad-ipv6"],
 )
@@ -110,9 +114,9 @@ async def test_missing_duplicate_or_invalid_host_is_refused(proxied, data):
 async def test_health_answers_load_balancer_checks_by_ip(proxied):
     """An ALB health check names the task's private IP as Host: it must not be refused."""
     server, one, _ = await proxied()
-    assert await status_of(server.port, request("/health", "Host: 10.0.12.34:8080")) == 200
-    assert await status_of(server.port, request("/api/health", "Host: 10.0.12.34:8080")) == 200
-    assert await status_of(server.port, request("/api/routes", "Host: 10.0.12.34:8080")) == 421
+    assert await status_of(server.port, get("/health", "Host: 10.0.12.34:8080")) == 200
+    assert await status_of(server.port, get("/api/health", "Host: 10.0.12.34:8080")) == 200
+    assert await status_of(server.port, get("/api/routes", "Host: 10.0.12.34:8080")) == 421
 
 
 def test_split_host():
@@ -184,5 +188,5 @@ async def test_two_sessions_in_one_client_do_not_collide(proxied):
 
 async def test_host_mode_unknown_session_is_404(proxied):
     server, one, _ = await proxied()
-    assert await status_of(server.port, request("/", "Host: nobody.localhost")) == 404
+    assert await status_of(server.port, get("/", "Host: nobody.localhost")) == 404
     assert one.app[SEEN] == []

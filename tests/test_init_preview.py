@@ -8,9 +8,7 @@ second thread of a repository does in production, and no npm runs.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -30,6 +28,7 @@ from tests.chromium import PUBLIC_HOST
 from tests.fixtures_astro import CACHE, EXAMPLE_SITE, _link_node_modules, node_for, require
 from tests.fixtures_git import git, git_settings
 from tests.fixtures_preview import PreviewEdge, group_gone, preview_overrides, processes_in
+from tests.support.polling import wait_until
 
 SERVE_TIMEOUT = 120.0
 
@@ -93,14 +92,13 @@ def preview_path(answer: dict) -> str:
 
 async def served(edge: PreviewEdge, path: str) -> tuple[str, dict]:
     """GET ``path`` through the public host until the preview serves it (503 meanwhile)."""
-    deadline = time.monotonic() + SERVE_TIMEOUT
-    while True:
+
+    async def answer() -> tuple[str, dict] | None:
         code, page, headers = await edge.get(path, Host=PUBLIC_HOST, Accept="text/html")
-        if code == 200:
-            return page, dict(headers)
-        assert code == 503, (code, page)
-        assert time.monotonic() < deadline, f"{path} was not served within {SERVE_TIMEOUT:.0f}s"
-        await asyncio.sleep(0.25)
+        assert code in (200, 503), (code, page)
+        return (page, dict(headers)) if code == 200 else None
+
+    return await wait_until(answer, f"{path} to be served", SERVE_TIMEOUT, interval=0.25)
 
 
 @pytest.mark.astro

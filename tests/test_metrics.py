@@ -5,15 +5,14 @@ from __future__ import annotations
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from yarl import URL
 
 from control.gitcmd import GitError
 from control.workspaces import WORKSPACES
-from edge import keys, metrics
-from edge.routing import Route
+from edge import metrics
 from tests.conftest import free_port
-from tests.upstreams import canned, raw_upstream, upstream_app
-from tests.ws_upstreams import PROTOCOLS, WsUpstream
+from tests.support.routes import add_route
+from tests.support.upstreams import canned, raw_upstream, upstream_app
+from tests.support.websocket import PROTOCOLS, WsUpstream
 
 TOKEN = "metrics-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,11 +49,10 @@ async def traffic(edge, serve):
     recorder = WsUpstream()
     ws_upstream = await serve(recorder.app())
     server = await edge(api_token=TOKEN, first_byte_timeout=1.0)
-    table = server.app[keys.SESSIONS]
-    table.set(Route("ok", URL(upstream.origin)))
-    table.set(Route("dead", URL(f"http://127.0.0.1:{free_port()}")))
-    table.set(Route("broken", URL(broken.origin)))
-    table.set(Route("ws", URL(ws_upstream.origin)))
+    add_route(server, "ok", upstream.origin)
+    add_route(server, "dead", f"http://127.0.0.1:{free_port()}")
+    add_route(server, "broken", broken.origin)
+    add_route(server, "ws", ws_upstream.origin)
     yield server
     await broken.close()
 
@@ -158,7 +156,7 @@ async def test_each_app_has_its_own_registry(edge, serve):
     upstream = await serve(upstream_app())
     first, second = await edge(api_token=TOKEN), await edge(api_token=TOKEN)
     for server in (first, second):
-        server.app[keys.SESSIONS].set(Route("ok", URL(upstream.origin)))
+        add_route(server, "ok", upstream.origin)
     async with aiohttp.ClientSession(timeout=WAIT) as client:
         for _ in range(2):
             async with client.get(first.url("/session/ok/")) as resp:

@@ -10,7 +10,7 @@ from yarl import URL
 
 from tests.chromium import PUBLIC_HOST
 from tests.fixtures_browser import WatchedPage
-from tests.upstreams import upstream_app
+from tests.support.upstreams import upstream_app
 
 TOKEN = "operator-test-token-0123456789"
 SCRIPT = '"><script>alert(1)</script>'

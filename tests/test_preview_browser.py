@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
-from playwright.async_api import Error as PlaywrightError
 
 from tests.chromium import PUBLIC_HOST
+from tests.fixtures_browser import eventually
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.astro, pytest.mark.browser]
 DEADLINE = 120.0
-
-
-async def eventually(page, script: str, what: str, timeout: float = DEADLINE, context=lambda: ""):
-    """Evaluate ``script`` until it returns something truthy, across reloads and navigations."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = await page.evaluate(script)
-            if value:
-                return value
-        except PlaywrightError:
-            pass  # the page navigated (the starting page refreshes itself; Vite reloads)
-        await asyncio.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}; {context()}", pytrace=False)
 
 
 async def test_a_stopped_thread_opens_in_chromium_and_edits_show_live(preview_edge, make_thread, page):
@@ -42,13 +26,13 @@ async def test_a_stopped_thread_opens_in_chromium_and_edits_show_live(preview_ed
     await eventually(browser_page, "() => true", "a settled page")
     assert edge.supervisor.status(thread.session_id)["state"] == "ready"
 
-    async def hmr_open() -> bool:
+    def hmr_open() -> bool:
         return any("?token=" in ws.url and not ws.is_closed() for ws in page.websockets)
 
-    deadline = time.monotonic() + DEADLINE
-    while not (await hmr_open() and any("[vite] connected" in m for m in page.console_messages)):
-        assert time.monotonic() < deadline, "the HMR socket never connected"
-        await asyncio.sleep(0.1)
+    def hmr_connected() -> bool:
+        return hmr_open() and any("[vite] connected" in m for m in page.console_messages)
+
+    await wait_until(hmr_connected, "the HMR socket to connect", DEADLINE, interval=0.1)
     page.clear()
 
     h1_color = "() => getComputedStyle(document.querySelector('h1')).color"
@@ -58,10 +42,7 @@ async def test_a_stopped_thread_opens_in_chromium_and_edits_show_live(preview_ed
     await eventually(browser_page, f"() => ({h1_color})() === 'rgb(200, 30, 40)'", "the CSS edit")
     if await browser_page.evaluate("() => window.__beforeCss") is None:
         # Astro 5 reloads the page for this edit: the next edit needs the new page's HMR socket.
-        deadline = time.monotonic() + DEADLINE
-        while not (await hmr_open() and any("[vite] connected" in m for m in page.console_messages)):
-            assert time.monotonic() < deadline, "the HMR socket never reconnected after the reload"
-            await asyncio.sleep(0.1)
+        await wait_until(hmr_connected, "the HMR socket to reconnect after the reload", DEADLINE, interval=0.1)
 
     index = thread.path / "src" / "pages" / "index.astro"
     index.write_text(index.read_text().replace("Welcome to Amelia's site", "Edited live by Claude"))
@@ -72,7 +53,7 @@ async def test_a_stopped_thread_opens_in_chromium_and_edits_show_live(preview_ed
 
     # Astro 5 answers these edits with a full reload, which aborts module loads still in flight.
     assert [p for p in page.problems() if "net::ERR_ABORTED" not in p] == []
-    assert await hmr_open()
+    assert hmr_open()
 
     # Stopping the preview closes its HMR socket; Vite's client pings until the edge has
     # started the preview again (on demand) and then reloads the page by itself.

@@ -12,7 +12,7 @@ import pytest
 from control.sessions import SessionRegistry
 from preview.deps import STORE_MARK, git_common_dir, store_key
 from tests.fixtures_astro import EXAMPLE_SITE
-from tests.fixtures_preview import wait_until
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.astro
 
@@ -55,7 +55,7 @@ async def test_threads_with_the_same_lockfile_share_one_install(preview_edge, se
     assert any("npm ci" in line for line in edge.supervisor.get(one).log.tail(400))
     key = store_key(folders["t1"], first["nodeVersion"])
     store = settings.workspace_path / ".node_modules" / key
-    await wait_until(lambda: any(p.name.startswith("spare-") and "." not in p.name for p in store.iterdir()), 60, "a tree linked ahead")
+    await wait_until(lambda: any(p.name.startswith("spare-") and "." not in p.name for p in store.iterdir()), "a tree linked ahead", 60)
 
     status, second = await edge.api("POST", "start", "c1/u1/t2")
     assert status == 200, second

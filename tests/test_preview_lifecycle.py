@@ -11,7 +11,8 @@ from edge import keys
 from edge.settings import CHILD_ENV_ALLOWLIST
 from preview.node import ASTRO_ENV
 from preview.procs import group_members
-from tests.fixtures_preview import group_gone, processes_in, wait_until
+from tests.fixtures_preview import group_gone, processes_in
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.astro
 
@@ -79,7 +80,7 @@ async def test_a_killed_dev_server_is_restarted_and_serves_again(preview_edge, m
 
     os.kill(old_pid, signal.SIGKILL)
 
-    await wait_until(lambda: edge.supervisor.status(thread.session_id)["state"] != "ready", 30, "the crash to be noticed")
+    await wait_until(lambda: edge.supervisor.status(thread.session_id)["state"] != "ready", "the crash to be noticed", 30)
     status = await edge.wait_state(thread.session_id, {"ready", "failed"})
     assert status["state"] == "ready", status
     assert status["pid"] != old_pid

@@ -14,7 +14,8 @@ import pytest
 from edge.server import start_edge
 from preview import PREVIEWS, ThreadRef
 from tests.conftest import free_port
-from tests.fixtures_preview import group_gone, processes_in, wait_until, with_settings
+from tests.fixtures_preview import group_gone, processes_in, with_settings
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.astro
 
@@ -34,14 +35,15 @@ async def test_a_stopped_thread_starts_on_the_first_request(preview_edge, make_t
     if code == 503:
         assert '"state": "starting"' in body
 
-    deadline = asyncio.get_running_loop().time() + 120
-    while True:
+    page = ""
+
+    async def ready() -> bool:
+        nonlocal page
         code, page, _ = await edge.get(f"/session/{thread.session_id}/", Accept="text/html")
-        if code == 200:
-            break
-        assert code == 503, page
-        assert asyncio.get_running_loop().time() < deadline, "the preview never became ready"
-        await asyncio.sleep(0.25)
+        assert code in (200, 503), page
+        return code == 200
+
+    await wait_until(ready, "the preview to be ready", 120, interval=0.25)
     assert "Welcome to Amelia" in page
 
 
@@ -123,7 +125,7 @@ async def test_no_dev_server_outlives_a_signalled_edge(settings, make_thread, ed
         await asyncio.wait_for(process.wait(), 30)
         # SIGTERM: the edge stops its previews; SIGKILL: the parent-death signal ends node,
         # and node's helpers (esbuild) end when their pipe closes.
-        await wait_until(lambda: group_gone(pid), 15, "the dev server's process group to end")
+        await wait_until(lambda: group_gone(pid), "the dev server's process group to end", 15)
     finally:
         if process.returncode is None:
             process.kill()

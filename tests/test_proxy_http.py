@@ -19,21 +19,19 @@ from edge import keys
 from edge.headers import public_location, upstream_host
 from edge.routing import Route, RouteState
 from tests.conftest import free_port
-from tests.upstreams import (
+from tests.support.rawhttp import parse_response, raw_exchange, read_head, request
+from tests.support.routes import post_route
+from tests.support.upstreams import (
     CHUNK,
     GZIP_BODY,
     RELEASE,
     SECOND_SENT,
     SEEN,
-    add_route,
     canned,
     header_values,
-    parse_response,
     pattern_bytes,
     pattern_sha256,
-    raw_exchange,
     raw_upstream,
-    read_head,
     upstream_app,
 )
 
@@ -50,7 +48,7 @@ async def proxied(edge, serve):
     async def start(**overrides):
         upstream = await serve(upstream_app())
         server = await edge(**overrides)
-        await add_route(server.origin, "s1", upstream.origin)
+        await post_route(server.origin, "s1", upstream.origin)
         return server, upstream
 
     return start
@@ -60,11 +58,6 @@ async def proxied(edge, serve):
 async def client():
     async with aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()) as session:
         yield session
-
-
-def raw_get(port: int, target: str, *headers: str, method: str = "GET", body: bytes = b"") -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", *headers, "Connection: close", "", ""]
-    return "\r\n".join(lines).encode() + body
 
 
 def vm_rss() -> int:
@@ -94,8 +87,8 @@ async def test_head_keeps_content_length_and_sends_no_body(proxied):
     server, upstream = await proxied()
     data = await raw_exchange(
         server.port,
-        raw_get(server.port, "/session/s1/bytes/12345", method="HEAD").replace(b"Connection: close\r\n", b"")
-        + raw_get(server.port, "/session/s1/after-head"),
+        request("HEAD", "/session/s1/bytes/12345", host=server.host)
+        + request("GET", "/session/s1/after-head", host=server.host, connection="close"),
     )
     first, _, rest = data.partition(b"\r\n\r\n")
     status, _, headers, _ = parse_response(first + b"\r\n\r\n")
@@ -110,8 +103,8 @@ async def test_not_modified_has_no_body_and_keeps_validators(proxied):
     server, upstream = await proxied()
     data = await raw_exchange(
         server.port,
-        raw_get(server.port, "/session/s1/etag", 'If-None-Match: "v1"').replace(b"Connection: close\r\n", b"")
-        + raw_get(server.port, "/session/s1/after-304"),
+        request("GET", "/session/s1/etag", 'If-None-Match: "v1"', host=server.host)
+        + request("GET", "/session/s1/after-304", host=server.host, connection="close"),
     )
     first, _, rest = data.partition(b"\r\n\r\n")
     status, _, headers, _ = parse_response(first + b"\r\n\r\n")
@@ -137,7 +130,8 @@ async def test_not_modified_has_no_body_and_keeps_validators(proxied):
 )
 async def test_raw_path_and_query_reach_the_upstream_byte_identical(proxied, public, upstream_target):
     server, upstream = await proxied()
-    status, _, _, body = parse_response(await raw_exchange(server.port, raw_get(server.port, public)))
+    data = await raw_exchange(server.port, request("GET", public, host=server.host, connection="close"))
+    status, _, _, body = parse_response(data)
     assert status == 200
     assert json.loads(body)["raw_path"] == upstream_target
     assert upstream.app[SEEN][0]["raw_path"] == upstream_target
@@ -145,9 +139,10 @@ async def test_raw_path_and_query_reach_the_upstream_byte_identical(proxied, pub
 
 async def test_aiohttp_client_adds_none_of_its_own_headers(proxied):
     server, upstream = await proxied()
-    await raw_exchange(server.port, raw_get(server.port, "/session/s1/plain"))
+    await raw_exchange(server.port, request("GET", "/session/s1/plain", host=server.host, connection="close"))
     await raw_exchange(
-        server.port, raw_get(server.port, "/session/s1/upload", "Content-Length: 5", method="POST", body=b"hello")
+        server.port,
+        request("POST", "/session/s1/upload", "Content-Length: 5", host=server.host, connection="close", body=b"hello"),
     )
     get, post = upstream.app[SEEN]
     forwarded = {"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Prefix"}
@@ -213,8 +208,8 @@ async def test_hop_by_hop_request_headers_never_reach_the_upstream(proxied):
     server, upstream = await proxied()
     await raw_exchange(
         server.port,
-        raw_get(
-            server.port,
+        request(
+            "GET",
             "/session/s1/hop",
             "X-Secret: 1",
             "Keep-Alive: timeout=5",
@@ -222,7 +217,9 @@ async def test_hop_by_hop_request_headers_never_reach_the_upstream(proxied):
             "Proxy-Authorization: Basic Zm9vOmJhcg==",
             "Proxy-Connection: keep-alive",
             "X-Kept: yes",
-        ).replace(b"Connection: close", b"Connection: close, X-Secret"),
+            host=server.host,
+            connection="close, X-Secret",
+        ),
     )
     names = {name.lower() for name, _ in upstream.app[SEEN][0]["headers"]}
     assert names.isdisjoint({"x-secret", "keep-alive", "te", "proxy-authorization", "proxy-connection", "connection"})
@@ -234,7 +231,14 @@ async def test_expect_continue_is_answered_by_the_edge(proxied):
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(
-            raw_get(server.port, "/session/s1/upload", "Content-Length: 5", "Expect: 100-continue", method="POST")
+            request(
+                "POST",
+                "/session/s1/upload",
+                "Content-Length: 5",
+                "Expect: 100-continue",
+                host=server.host,
+                connection="close",
+            )
         )
         await writer.drain()
         assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -307,8 +311,9 @@ async def test_upstream_connection_listed_header_is_dropped_from_raw_responses(e
     )
     try:
         server = await edge()
-        await add_route(server.origin, "s1", upstream.origin)
-        status, _, headers, body = parse_response(await raw_exchange(server.port, raw_get(server.port, "/session/s1/")))
+        await post_route(server.origin, "s1", upstream.origin)
+        data = await raw_exchange(server.port, request("GET", "/session/s1/", host=server.host, connection="close"))
+        status, _, headers, body = parse_response(data)
     finally:
         await upstream.close()
     names = {name.lower() for name, _ in headers}
@@ -464,7 +469,7 @@ async def test_unknown_session_is_404_json_or_html(edge, client):
 
 async def test_refused_upstream_is_502(edge, client):
     server = await edge()
-    await add_route(server.origin, "s1", f"http://127.0.0.1:{free_port()}")
+    await post_route(server.origin, "s1", f"http://127.0.0.1:{free_port()}")
     async with client.get(server.url("/session/s1/")) as resp:
         assert resp.status == 502
         body = await resp.json()
@@ -495,7 +500,7 @@ async def test_broken_upstream_answers_is_502(edge, client, handler):
     upstream = await raw_upstream(handler)
     try:
         server = await edge()
-        await add_route(server.origin, "s1", upstream.origin)
+        await post_route(server.origin, "s1", upstream.origin)
         async with client.get(server.url("/session/s1/"), headers={"Accept": "text/html"}) as resp:
             assert resp.status == 502
             assert resp.content_type == "text/html"
@@ -508,7 +513,7 @@ async def test_upstream_cut_mid_body_cuts_the_client(edge, client):
     upstream = await raw_upstream(canned(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"))
     try:
         server = await edge()
-        await add_route(server.origin, "s1", upstream.origin)
+        await post_route(server.origin, "s1", upstream.origin)
         async with client.get(server.url("/session/s1/")) as resp:
             assert resp.status == 200
             with pytest.raises(aiohttp.ClientPayloadError):

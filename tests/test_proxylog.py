@@ -12,7 +12,8 @@ import pytest
 from edge.flow import ProxyFlow
 from edge.proxylog import JsonLines, ProxyLog
 from edge.redact import redact_header, redact_query
-from tests.logged_upstream import PUBLIC_HOST, SECRETS, UPLOAD, logged_edge, secret_traffic, wait_for
+from tests.logged_upstream import PUBLIC_HOST, SECRETS, UPLOAD, logged_edge, secret_traffic
+from tests.support.polling import wait_until
 
 
 def _changes(record: dict, direction: str, name: str) -> list[dict]:
@@ -26,7 +27,7 @@ async def test_json_lines_carry_the_exchange_and_no_secret(edge, serve):
     before = time.time()
     async with aiohttp.ClientSession() as client:
         await secret_traffic(client, server.url)
-    await wait_for(lambda: stream.getvalue().count("\n") == 5, what="five log lines")
+    await wait_until(lambda: stream.getvalue().count("\n") == 5, "five log lines")
 
     output = stream.getvalue()
     for name, secret in SECRETS.items():
@@ -75,7 +76,7 @@ async def test_recent_records_are_redacted_too(edge, serve):
     server, _ = await logged_edge(edge, serve, proxy_log=log)
     async with aiohttp.ClientSession() as client:
         await secret_traffic(client, server.url)
-    await wait_for(lambda: len(log.recent.records) == 5, what="five records")
+    await wait_until(lambda: len(log.recent.records) == 5, "five records")
     dumped = json.dumps(list(log.recent.records))
     for name, secret in SECRETS.items():
         assert secret not in dumped, f"{name} leaked into the recent records"
@@ -89,7 +90,7 @@ async def test_every_proxied_response_names_its_session(edge, serve):
             assert resp.headers["X-Edge-Session"] == "s1"
         async with client.ws_connect(server.url("/session/s1/hmr")) as ws:
             await ws.close()
-    await wait_for(lambda: len(log.recent.records) == 2, what="two records")
+    await wait_until(lambda: len(log.recent.records) == 2, "two records")
     for record in log.recent.records:
         assert _changes(record, "response", "X-Edge-Session") == [
             {"direction": "response", "action": "added", "name": "X-Edge-Session", "old": None, "new": "s1"}

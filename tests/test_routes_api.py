@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from edge import keys
-from tests.upstreams import SEEN, upstream_app
+from tests.support.upstreams import SEEN, upstream_app
 
 
 @pytest.fixture

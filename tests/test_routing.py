@@ -9,7 +9,9 @@ import pytest
 from aiohttp import web
 
 from edge.routing import strip_session_cookie
-from tests.upstreams import SEEN, add_route, header_values, parse_response, raw_exchange, upstream_app
+from tests.support.rawhttp import parse_response, raw_exchange, request
+from tests.support.routes import post_route
+from tests.support.upstreams import SEEN, app_with, header_values, upstream_app
 
 # Every test runs with the fast path on and off: the two request paths answer alike.
 pytestmark = pytest.mark.both_paths
@@ -21,8 +23,8 @@ async def two_sessions(edge, serve):
     abc = await serve(upstream_app())
     abcd = await serve(upstream_app())
     server = await edge()
-    await add_route(server.origin, "abc", abc.origin)
-    await add_route(server.origin, "abcd", abcd.origin)
+    await post_route(server.origin, "abc", abc.origin)
+    await post_route(server.origin, "abcd", abcd.origin)
     return server, abc, abcd
 
 
@@ -30,10 +32,6 @@ async def two_sessions(edge, serve):
 async def client():
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         yield session
-
-
-def raw(port: int, target: str, *headers: str) -> bytes:
-    return "\r\n".join([f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", *headers, "Connection: close", "", ""]).encode()
 
 
 def location_of(headers: list[tuple[str, str]]) -> str:
@@ -66,7 +64,8 @@ async def test_prefix_matches_whole_segments_only(two_sessions, client):
 )
 async def test_session_root_without_slash_redirects_keeping_the_query(two_sessions, target, location):
     server, abc, _ = two_sessions
-    status, _, headers, _ = parse_response(await raw_exchange(server.port, raw(server.port, target)))
+    data = await raw_exchange(server.port, request("GET", target, host=server.host, connection="close"))
+    status, _, headers, _ = parse_response(data)
     assert status == 307
     assert location_of(headers) == location
     assert abc.app[SEEN] == []
@@ -134,7 +133,10 @@ async def test_root_absolute_subresources_follow_the_cookie(two_sessions, client
 )
 async def test_root_absolute_navigations_redirect_under_the_session(two_sessions, headers):
     server, abc, _ = two_sessions
-    data = await raw_exchange(server.port, raw(server.port, "/about/team?x=%2F&y=a+b", "Cookie: edge_session=abc", *headers))
+    target = "/about/team?x=%2F&y=a+b"
+    data = await raw_exchange(
+        server.port, request("GET", target, "Cookie: edge_session=abc", *headers, host=server.host, connection="close")
+    )
     status, _, response_headers, _ = parse_response(data)
     assert status == 307
     assert location_of(response_headers) == "/session/abc/about/team?x=%2F&y=a+b"
@@ -215,11 +217,9 @@ async def test_the_hmr_socket_follows_the_cookie(edge, serve, client):
         await ws.close()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", hmr)
-    upstream = await serve(app)
+    upstream = await serve(app_with({"GET /": hmr}))
     server = await edge()
-    await add_route(server.origin, "abc", upstream.origin)
+    await post_route(server.origin, "abc", upstream.origin)
     async with client.ws_connect(
         server.url("/?token=AbC-_123"),
         protocols=("vite-hmr",),

@@ -19,7 +19,11 @@ from aiohttp import web
 from edge.connguard import HEALTH_RESERVE
 from edge.server import start_edge
 from tests.conftest import free_port
-from tests.fixtures_rawhttp import add_route, closed_by_peer, open_raw, read_response, request
+from tests.support.polling import wait_until
+from tests.support.rawhttp import closed_by_peer, open_raw, read_response, refused, request
+from tests.support.routes import add_route
+from tests.support.upstreams import app_with
+from tests.support.websocket import ws_echo
 
 HEALTH = request("GET", "/health")
 # A head long enough that trickling it takes far longer than the test's header timeout.
@@ -46,15 +50,6 @@ async def trickle(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, da
         closed.cancel()
         writer.close()
     return sent, received
-
-
-async def ws_echo(request: web.Request) -> web.WebSocketResponse:
-    """An upstream WebSocket that echoes text."""
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    async for message in ws:
-        await ws.send_str(message.data)
-    return ws
 
 
 async def test_silent_connection_is_closed_after_the_header_timeout(edge):
@@ -117,11 +112,7 @@ async def test_long_upload_stream_and_websocket_outlive_every_timeout(edge, serv
             await asyncio.sleep(0.25)
         return response
 
-    app = web.Application()
-    app.router.add_post("/upload", count)
-    app.router.add_get("/stream", stream)
-    app.router.add_get("/ws", ws_echo)
-    upstream = await serve(app)
+    upstream = await serve(app_with({"POST /upload": count, "GET /stream": stream, "GET /ws": ws_echo()}))
     server = await edge(header_timeout=1, keepalive_timeout=1, first_byte_timeout=1)
     add_route(server, "s1", upstream.origin)
 
@@ -186,17 +177,13 @@ async def busy_edge(edge, serve, cap: int):
         await release.wait()
         return web.Response(text="done")
 
-    app = web.Application()
-    app.router.add_get("/slow", slow)
-    upstream = await serve(app)
+    upstream = await serve(app_with({"GET /slow": slow}))
     server = await edge(max_connections=cap, header_timeout=60, keepalive_timeout=60)
     add_route(server, "s1", upstream.origin)
     busy = [await open_raw(server.port) for _ in range(cap)]
     for _, writer in busy:
         writer.write(request("GET", "/session/s1/slow"))
-    async with asyncio.timeout(10):
-        while waiting < cap:
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: waiting >= cap, f"{cap} requests at the upstream", interval=0.01)
     return server, busy, release
 
 
@@ -230,9 +217,7 @@ async def test_trickling_uploads_at_the_cap_neither_lock_out_clients_nor_health_
     uploads = [await open_raw(server.port) for _ in range(5)]
     for _, writer in uploads:
         writer.write(request("POST", "/session/s1/upload", headers={"Content-Length": "1000"}, body=b"x"))
-    async with asyncio.timeout(10):
-        while len(recording_upstream.arrived) < 5:
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: len(recording_upstream.arrived) >= 5, "five upload heads at the upstream", interval=0.01)
     for _ in range(3):
         assert await answered(server.port)
         reader, writer = await open_raw(server.port)
@@ -249,9 +234,7 @@ async def test_trickling_uploads_at_the_cap_neither_lock_out_clients_nor_health_
 
 
 async def test_idle_websockets_at_the_cap_make_room_for_new_clients(edge, serve):
-    app = web.Application()
-    app.router.add_get("/ws", ws_echo)
-    upstream = await serve(app)
+    upstream = await serve(app_with({"GET /ws": ws_echo()}))
     server = await edge(max_connections=3, header_timeout=60, keepalive_timeout=60)
     add_route(server, "s1", upstream.origin)
     async with aiohttp.ClientSession() as client:
@@ -344,10 +327,7 @@ async def test_stopping_drains_requests_in_flight_then_cuts_endless_streams(sett
         await asyncio.sleep(3600)
         return response
 
-    app = web.Application()
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/endless", endless)
-    upstream = await serve(app, handler_cancellation=True)
+    upstream = await serve(app_with({"GET /slow": slow, "GET /endless": endless}), handler_cancellation=True)
     running = await start_edge(replace(settings, port=0, drain_seconds=3))
     stopping = None
     try:
@@ -356,18 +336,11 @@ async def test_stopping_drains_requests_in_flight_then_cuts_endless_streams(sett
         slow_conn[1].write(request("GET", "/session/s1/slow"))
         endless_conn = await open_raw(running.port)
         endless_conn[1].write(request("GET", "/session/s1/endless"))
-        async with asyncio.timeout(10):
-            while arrived != {"slow", "endless"}:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: arrived == {"slow", "endless"}, "both requests at the upstream", interval=0.01)
 
         stopping = asyncio.ensure_future(running.runner.cleanup())
-        async with asyncio.timeout(10):
-            while True:  # the listening socket closes first
-                try:
-                    (await open_raw(running.port))[1].close()
-                except (ConnectionRefusedError, ConnectionResetError):
-                    break
-                await asyncio.sleep(0.01)
+        # The listening socket closes first.
+        await wait_until(lambda: refused(running.port), "the listening socket to close", interval=0.01)
         release.set()
         response = await read_response(slow_conn[0])
         assert response is not None and response.body == b"done"
@@ -383,16 +356,18 @@ async def test_stopping_drains_requests_in_flight_then_cuts_endless_streams(sett
 
 
 async def wait_healthy(proc: asyncio.subprocess.Process, url: str) -> None:
-    async with aiohttp.ClientSession() as client, asyncio.timeout(30):
-        while proc.returncode is None:
+    """Until ``edge serve`` says it is healthy; fail at once when it exits first."""
+    async with aiohttp.ClientSession() as client:
+
+        async def healthy() -> bool:
+            assert proc.returncode is None, f"edge serve exited with {proc.returncode} before it was healthy"
             try:
                 async with client.get(url) as resp:
-                    if resp.status == 200 and (await resp.json())["status"] == "healthy":
-                        return
+                    return resp.status == 200 and (await resp.json())["status"] == "healthy"
             except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"edge serve exited with {proc.returncode} before it was healthy")
+                return False
+
+        await wait_until(healthy, "edge serve to be healthy", 30, interval=0.1)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

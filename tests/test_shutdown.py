@@ -12,18 +12,18 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from yarl import URL
 
 from control.workspaces import WORKSPACES
-from edge import keys, stopping
-from edge.routing import Route
+from edge import stopping
 from edge.server import start_edge
 from preview.appkeys import PREVIEWS
 from tests.conftest import free_port
-from tests.ws_upstreams import PROTOCOLS, WsUpstream
+from tests.support.polling import wait_until
+from tests.support.rawhttp import refused
+from tests.support.routes import add_route, post_route
+from tests.support.websocket import PROTOCOLS, WsUpstream
 
 TOKEN = "shutdown-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WAIT = 30.0
 REPO = Path(__file__).resolve().parent.parent
 
@@ -147,34 +147,17 @@ async def streamer(serve):
     streamer.release.set()
 
 
-async def add_route(client: aiohttp.ClientSession, edge: EdgeProcess, session: str, target: str) -> None:
-    async with client.post(edge.url(f"/api/routes/{session}"), json={"target": target}, headers=AUTH) as resp:
-        assert resp.status == 201, await resp.text()
-
-
-async def until_refused(port: int) -> None:
-    """Wait (bounded) until the port no longer accepts connections."""
-    deadline = asyncio.get_running_loop().time() + WAIT
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return
-        writer.close()
-        assert asyncio.get_running_loop().time() < deadline, "the edge still accepts connections"
-        await asyncio.sleep(0.05)
-
-
 async def test_sigterm_lets_a_streamed_response_finish_then_exits_0(run_edge, streamer):
     edge = await run_edge(EDGE_DRAIN_SECONDS="20")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as client:
-        await add_route(client, edge, "s1", streamer.origin)
+        await post_route(edge.url(""), "s1", streamer.origin, token=TOKEN, client=client)
         async with client.get(edge.url("/session/s1/stream")) as resp:
             assert resp.status == 200
             assert await resp.content.readline() == b"first part\n"
             edge.proc.send_signal(signal.SIGTERM)
             await edge.wait_for_log("edge stopping")
-            await until_refused(edge.port)  # no new connections while draining
+            # No new connections while draining.
+            await wait_until(lambda: refused(edge.port), "the edge to refuse new connections", WAIT)
             assert edge.proc.returncode is None
             streamer.release.set()
             assert b"first part\n" + await resp.content.read() == FULL_BODY
@@ -187,7 +170,7 @@ async def test_sigterm_closes_open_websockets_with_1001(run_edge, serve):
     upstream = await serve(recorder.app())
     edge = await run_edge(EDGE_DRAIN_SECONDS="20")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as client:
-        await add_route(client, edge, "s1", upstream.origin)
+        await post_route(edge.url(""), "s1", upstream.origin, token=TOKEN, client=client)
         async with client.ws_connect(edge.url("/session/s1/"), protocols=PROTOCOLS, origin=edge.url("")) as ws:
             await ws.send_str("hi")
             assert (await ws.receive(timeout=WAIT)).data == "hi"
@@ -203,7 +186,7 @@ async def test_a_second_sigterm_exits_at_once(run_edge, streamer):
     """The stream is never released: the drain would last the full minute."""
     edge = await run_edge(EDGE_DRAIN_SECONDS="60")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as client:
-        await add_route(client, edge, "s1", streamer.origin)
+        await post_route(edge.url(""), "s1", streamer.origin, token=TOKEN, client=client)
         async with client.get(edge.url("/session/s1/stream")) as resp:
             assert await resp.content.readline() == b"first part\n"
             edge.proc.send_signal(signal.SIGTERM)
@@ -246,7 +229,7 @@ async def test_the_budget_is_shared_with_requests_in_flight(settings, streamer):
     """Work drained after a slow request gets only what is left of the budget, so the stop stays bounded."""
     running = await start_edge(replace(settings, port=0, drain_seconds=2))
     app = running.runner.app
-    app[keys.SESSIONS].set(Route("s1", URL(streamer.origin)))
+    add_route(app, "s1", streamer.origin)
     budgets: list[float] = []
 
     async def drain(timeout: float) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures_rawhttp import add_route, closed_by_peer, open_raw, read_response, request
+from tests.support.rawhttp import closed_by_peer, open_raw, read_response, request
+from tests.support.routes import add_route
 
 HEAD = b"POST /session/s1/x HTTP/1.1\r\nHost: localhost\r\n"
 HEAD10 = b"POST /session/s1/x HTTP/1.0\r\nHost: localhost\r\n"

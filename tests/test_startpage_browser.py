@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import time
 
 import pytest
 from playwright.async_api import Error as PlaywrightError
 
 from tests.chromium import PUBLIC_HOST
 from tests.fixtures_browser import WatchedPage, secure_browser
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.astro, pytest.mark.browser]
 DEADLINE = 150.0
@@ -21,18 +20,24 @@ STAGE = "() => document.body?.dataset.stage || (document.querySelector('h1')?.te
 async def watch_stages(watched: WatchedPage, until: str, timeout: float = DEADLINE) -> list[str]:
     """Every stage (or, once the site is there, its heading) the page showed, until ``until`` appears."""
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def shown() -> bool:
         try:
             value = await watched.page.evaluate(STAGE)
         except PlaywrightError:
             value = None  # between the waiting page and the site
         if value and (not seen or seen[-1] != value):
             seen.append(value)
-        if value == until:
-            return seen
-        await asyncio.sleep(0.1)
-    pytest.fail(f"never saw {until!r}; saw {seen}; console {watched.console_messages[-10:]}", pytrace=False)
+        return value == until
+
+    await wait_until(
+        shown,
+        f"the page to show {until!r}",
+        timeout,
+        interval=0.1,
+        detail=lambda: f"saw {seen}; console {watched.console_messages[-10:]}",
+    )
+    return seen
 
 
 async def test_the_waiting_page_shows_the_stage_and_opens_the_site_quietly(preview_edge, make_thread):

@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 
 from edge.tabs import WORKER_PATH
-from tests.upstreams import SEEN, add_route, upstream_app
+from tests.support.routes import post_route
+from tests.support.upstreams import SEEN, upstream_app
 
 NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Accept": "text/html"}
 
@@ -18,7 +19,7 @@ NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Accept"
 async def one_session(edge, serve):
     upstream = await serve(upstream_app())
     server = await edge()
-    await add_route(server.origin, "abc", upstream.origin)
+    await post_route(server.origin, "abc", upstream.origin)
     return server, upstream
 
 
@@ -64,7 +65,7 @@ async def test_everything_else_is_proxied_as_before(one_session, client, headers
 async def test_host_mode_and_a_disabled_worker_never_bootstrap(edge, serve, client):
     upstream = await serve(upstream_app())
     server = await edge(tab_isolation=False)
-    await add_route(server.origin, "abc", upstream.origin)
+    await post_route(server.origin, "abc", upstream.origin)
     async with client.get(server.url("/session/abc/page"), headers=NAVIGATE) as resp:
         assert resp.status == 200 and "X-Edge-Tab-Bootstrap" not in resp.headers
     async with client.get(server.url("/page"), headers={**NAVIGATE, "Host": f"abc.localhost:{server.port}"}) as resp:

@@ -9,15 +9,12 @@ in tab 1 stays in thread 1, also after tab 2 reloads.
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
-from playwright.async_api import Error as PlaywrightError
 
 from edge.tabs import WORKER_PATH
 from tests.chromium import PUBLIC_HOST
-from tests.fixtures_browser import WatchedPage, secure_browser
+from tests.fixtures_browser import WatchedPage, eventually, secure_browser
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.astro, pytest.mark.browser]
 DEADLINE = 120.0
@@ -25,30 +22,19 @@ H1_COLOR = "() => getComputedStyle(document.querySelector('h1')).color"
 H1_TEXT = "() => document.querySelector('h1')?.textContent"
 
 
-async def eventually(page, script: str, what: str, timeout: float = DEADLINE):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = await page.evaluate(script)
-            if last:
-                return last
-        except PlaywrightError:
-            pass  # the page navigated (bootstrap reload, Vite reload)
-        await asyncio.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what} (last value {last!r})", pytrace=False)
-
-
 async def hmr_connected(watched: WatchedPage, session_id: str) -> None:
     """Wait until the tab's Vite client is connected, through its own session's prefix."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
+
+    def connected() -> bool:
         sockets = [ws for ws in watched.websockets if "?token=" in ws.url and not ws.is_closed()]
         if sockets and any("[vite] connected" in m for m in watched.console_messages):
             assert all(f"/session/{session_id}/?token=" in ws.url for ws in sockets), [ws.url for ws in sockets]
-            return
-        assert time.monotonic() < deadline, f"the HMR socket never connected: {watched.console_messages[-10:]}"
-        await asyncio.sleep(0.1)
+            return True
+        return False
+
+    await wait_until(
+        connected, "the HMR socket to connect", DEADLINE, interval=0.1, detail=lambda: watched.console_messages[-10:]
+    )
 
 
 def foreign_responses(watched: WatchedPage, origin: str, session_id: str) -> list[str]:

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from yarl import URL
 
 from edge import keys
-from edge.routing import Route
 from edge.server import PR_GET_DUMPABLE, PR_SET_DUMPABLE, serve
 from edge.viteguard import refusal
 from tests.conftest import free_port
-from tests.fixtures_rawhttp import closed_by_peer, open_raw
+from tests.support.polling import answers, wait_until
+from tests.support.rawhttp import closed_by_peer, open_raw
+from tests.support.routes import add_route
 
 SECRET = "top-secret-7f3a"
 
@@ -84,7 +84,7 @@ async def guarded_preview(astro_site, astro_dev, edge, tmp_path):
     secret.write_text(SECRET)
     origin = await astro_dev(site)
     server = await edge()
-    server.app[keys.SESSIONS].set(Route("s1", URL(origin), root=site.path))
+    add_route(server, "s1", origin, root=site.path)
     return server, site, secret
 
 
@@ -127,14 +127,7 @@ async def test_the_edge_process_is_not_dumpable(settings):
     task = asyncio.create_task(serve(replace(settings, port=port)))
     try:
         async with aiohttp.ClientSession() as client:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with client.get(f"http://127.0.0.1:{port}/health") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.05)
+            await wait_until(lambda: answers(client, f"http://127.0.0.1:{port}/health"), "/health to answer", 30)
         running = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
     finally:
         task.cancel()

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import replace
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, TypeVar
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from yarl import URL
 
 from edge import keys
 from edge.proxylog import ProxyLog
-from edge.routing import Route
 from edge.server import start_edge
 from edge.websocket import SOCKETS
 from tests.conftest import RunningServer, free_port
-from tests.ws_upstreams import PROTOCOLS, RawClient, WsUpstream, pattern, silent_upstream
+from tests.support.polling import wait_until
+from tests.support.routes import add_route
+from tests.support.websocket import PROTOCOLS, RawClient, WsUpstream, pattern, silent_upstream
 
 MiB = 1024 * 1024
 API_TOKEN = "test-token"
@@ -35,15 +34,6 @@ async def within(awaitable: Awaitable[T]) -> T:
     return await asyncio.wait_for(awaitable, WAIT)
 
 
-async def until(condition: Callable[[], object]) -> None:
-    """Wait for ``condition`` with a bounded deadline (no fixed sleeps)."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
 async def upstream(serve) -> tuple[WsUpstream, RunningServer]:
     recorder = WsUpstream()
@@ -56,7 +46,7 @@ async def relay(edge, upstream):
     recorder, server = upstream
     log = ProxyLog([])
     running = await edge(proxy_log=log, api_token=API_TOKEN)
-    running.app[keys.SESSIONS].set(Route("s1", URL(server.origin)))
+    add_route(running, "s1", server.origin)
     return running, recorder, log
 
 
@@ -154,7 +144,7 @@ async def test_pings_and_pongs_are_relayed_not_answered_by_the_edge(relay, clien
         msg = await ws.receive()
         assert (msg.type, msg.data) == (WSMsgType.PING, b"from-upstream")
         await ws.pong(msg.data)
-        await until(lambda: len(recorder.received) == 2)
+        await wait_until(lambda: len(recorder.received) == 2, "both messages at the upstream", WAIT)
         assert recorder.received[1] == (WSMsgType.PONG, b"from-upstream")
 
 
@@ -191,7 +181,7 @@ async def test_an_idle_socket_outlives_the_server_timeouts(edge, upstream, clien
     """The HMR socket is quiet for minutes: the edge's head and keep-alive timers must not close it."""
     recorder, up = upstream
     running = await edge(header_timeout=0.2, keepalive_timeout=0.2)
-    running.app[keys.SESSIONS].set(Route("s1", URL(up.origin)))
+    add_route(running, "s1", up.origin)
     async with client.ws_connect(ws_url(running, "/session/s1/"), timeout=BOUNDED, protocols=PROTOCOLS) as ws:
         await asyncio.sleep(1.0)  # five times both timeouts
         await ws.send_str("still here")
@@ -232,7 +222,7 @@ async def test_browser_close_while_the_upstream_is_sending(relay, client):
         assert ws.close_code == 4001
     await within(recorder.ended.wait())
     assert recorder.closes == [(4001, "bye")]
-    await until(lambda: log.recent.records)
+    await wait_until(lambda: log.recent.records, "the proxy log record", WAIT)
     assert log.recent.records[0]["closeCode"] == 4001
     assert "error" not in log.recent.records[0]
 
@@ -246,7 +236,7 @@ async def test_an_upstream_that_vanishes_becomes_1011_on_the_wire(relay):
         assert await within(raw.close_frame()) == (1011, "upstream connection lost")
     finally:
         await raw.aclose()
-    await until(lambda: log.recent.records)
+    await wait_until(lambda: log.recent.records, "the proxy log record", WAIT)
     record = log.recent.records[0]
     assert record["closeCode"] == 1011
     assert record["error"] == "upstream went away without a close frame"
@@ -260,7 +250,7 @@ async def test_a_browser_that_vanishes_closes_the_upstream_with_1001(relay):
     raw.abort()
     await within(recorder.ended.wait())
     assert recorder.closes == [(1001, "")]
-    await until(lambda: log.recent.records)
+    await wait_until(lambda: log.recent.records, "the proxy log record", WAIT)
     assert log.recent.records[0]["closeCode"] == 1001
     assert edge.app[SOCKETS].count() == 0
 
@@ -297,7 +287,7 @@ async def test_stopping_the_edge_closes_open_sockets_with_1001(settings, upstrea
     recorder, up = upstream
     running = await start_edge(replace(settings, port=0, drain_seconds=3))
     try:
-        running.runner.app[keys.SESSIONS].set(Route("s1", URL(up.origin)))
+        add_route(running.runner, "s1", up.origin)
         raw = await RawClient.connect(running.port, "/session/s1/", {"Sec-WebSocket-Protocol": "vite-hmr"})
         assert raw.status == 101
         await within(recorder.connected.wait())
@@ -316,7 +306,7 @@ async def test_a_socket_that_opens_while_the_edge_stops_is_closed_too(settings, 
     running = await start_edge(replace(settings, port=0, drain_seconds=3))
     try:
         app = running.runner.app
-        app[keys.SESSIONS].set(Route("s1", URL(up.origin)))
+        add_route(app, "s1", up.origin)
         connecting = asyncio.create_task(RawClient.connect(running.port, "/session/s1/gated"))
         await within(recorder.waiting_at_gate.wait())
         await app[SOCKETS].close_all()  # what the edge's on_shutdown does
@@ -334,11 +324,11 @@ async def test_a_socket_that_opens_while_the_edge_stops_is_closed_too(settings, 
 
 async def test_a_dead_upstream_is_a_502(relay, client):
     edge, _, log = relay
-    edge.app[keys.SESSIONS].set(Route("s1", URL(f"http://127.0.0.1:{free_port()}")))
+    add_route(edge, "s1", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await client.ws_connect(ws_url(edge, "/session/s1/"), timeout=BOUNDED, protocols=PROTOCOLS)
     assert refused.value.status == 502
-    await until(lambda: log.recent.records)
+    await wait_until(lambda: log.recent.records, "the proxy log record", WAIT)
     assert log.recent.records[0]["status"] == 502
 
 
@@ -354,7 +344,7 @@ async def test_an_upstream_that_never_answers_the_upgrade_is_a_504(edge, client)
     silent = await silent_upstream()
     try:
         running = await edge(first_byte_timeout=0.5)
-        running.app[keys.SESSIONS].set(Route("s1", URL(silent.origin)))
+        add_route(running, "s1", silent.origin)
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await client.ws_connect(ws_url(running, "/session/s1/?token=t"), timeout=BOUNDED, protocols=PROTOCOLS)
         assert refused.value.status == 504
@@ -417,7 +407,7 @@ async def test_the_flow_record_counts_messages_bytes_and_the_close_code(relay, c
         await ws.send_bytes(b"\x01\x02")  # in: 2 bytes; echoed out
         await ws.receive()
         await ws.close(code=4001, message=b"bye")
-    await until(lambda: log.recent.records)
+    await wait_until(lambda: log.recent.records, "the proxy log record", WAIT)
     record = log.recent.records[0]
     assert record["websocket"] is True
     assert record["status"] == 101
@@ -436,12 +426,12 @@ async def test_every_frame_counts_as_activity(relay, client):
         before = table.last_activity["s1"]
         await recorder.sockets[0].send_str("pushed")  # upstream → browser only
         assert (await ws.receive()).data == "pushed"
-        await until(lambda: table.last_activity["s1"] > before)
+        await wait_until(lambda: table.last_activity["s1"] > before, "activity from a message", WAIT)
         after_push = table.last_activity["s1"]
 
         await ws.pong(b"unsolicited")  # browser → upstream only, no answer
-        await until(lambda: recorder.received)
-        await until(lambda: table.last_activity["s1"] > after_push)
+        await wait_until(lambda: recorder.received, "the message at the upstream", WAIT)
+        await wait_until(lambda: table.last_activity["s1"] > after_push, "activity from a push", WAIT)
 
 
 async def test_no_errors_are_logged_for_a_normal_session(relay, client, caplog):
@@ -450,5 +440,5 @@ async def test_no_errors_are_logged_for_a_normal_session(relay, client, caplog):
         async with client.ws_connect(ws_url(edge, "/session/s1/"), timeout=BOUNDED, protocols=PROTOCOLS) as ws:
             await ws.send_str("hello")
             await ws.receive()
-        await until(lambda: edge.app[keys.PROXY_LOG].recent.records)
+        await wait_until(lambda: edge.app[keys.PROXY_LOG].recent.records, "the proxy log record", WAIT)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -20,8 +20,9 @@ from edge.server import start_edge
 from edge.settings import Settings, SettingsError
 from edge.workers import WORKERS
 from tests.fixtures_claude import process_gone
-from tests.fixtures_preview import wait_until
-from tests.fixtures_rawhttp import add_route, open_raw, read_response, request
+from tests.support.polling import wait_until
+from tests.support.rawhttp import open_raw, read_response, request
+from tests.support.routes import add_route
 
 CONNECTIONS = 24
 
@@ -49,11 +50,11 @@ async def test_workers_share_the_port_and_the_main_process_keeps_the_rest(settin
     try:
         assert len(pids) == 1 and not process_gone(pids[0])
         add_route(running.runner, "s1", recording_upstream.origin)
-        await wait_until(lambda: worker_stats(app).get("routes") == 1, 10, "the worker has the route")
+        await wait_until(lambda: worker_stats(app).get("routes") == 1, "the worker has the route", 10)
         answers = [await get_and_post(running.port, n) for n in range(CONNECTIONS)]
         assert answers == [[(200, f"GET /get{n} 0".encode()), (200, f"POST /post{n} 2".encode())] for n in range(CONNECTIONS)]
         by_main = app[FAST_PATH].proxied
-        await wait_until(lambda: worker_stats(app).get("proxied", 0) + by_main == CONNECTIONS, 10, "the worker's report")
+        await wait_until(lambda: worker_stats(app).get("proxied", 0) + by_main == CONNECTIONS, "the worker's report", 10)
         stats = worker_stats(app)
         assert stats["proxied"] > 0 and by_main > 0  # both processes answered GETs
         assert stats["handedOver"] == stats["proxied"]  # each of the worker's POSTs went to the main process
@@ -61,14 +62,14 @@ async def test_workers_share_the_port_and_the_main_process_keeps_the_rest(settin
         registry = app[METRICS].registry
         await wait_until(
             lambda: registry.get_sample_value("edge_requests_total", {"route": "proxy", "code": "200"}) == 2 * CONNECTIONS,
-            10,
             "every proxied request counted",
+            10,
         )
         assert app[keys.SESSIONS].last_activity["s1"] > 0
         assert len([r for r in app[keys.PROXY_LOG].recent.records if r["session"] == "s1"]) == 2 * CONNECTIONS
         # A removed route is removed in the worker too.
         await app[keys.SESSIONS].remove("s1")
-        await wait_until(lambda: worker_stats(app).get("routes") == 0, 10, "the worker dropped the route")
+        await wait_until(lambda: worker_stats(app).get("routes") == 0, "the worker dropped the route", 10)
         for n in range(CONNECTIONS // 2):
             reader, writer = await open_raw(running.port)
             writer.write(request("GET", f"/session/s1/gone{n}"))
@@ -86,7 +87,7 @@ async def test_a_worker_that_dies_is_started_again(settings):
     try:
         first = app[WORKERS].health()[0]["pid"]
         os.kill(first, signal.SIGKILL)
-        await wait_until(lambda: [w["pid"] for w in app[WORKERS].health()] not in ([], [first]), 10, "a new worker")
+        await wait_until(lambda: [w["pid"] for w in app[WORKERS].health()] not in ([], [first]), "a new worker", 10)
         second = app[WORKERS].health()[0]["pid"]
         assert not process_gone(second)
         reader, writer = await open_raw(running.port)

@@ -18,6 +18,7 @@ from control.workspaces import WORKSPACES
 from core.errors import Invalid
 from core.ids import is_session_id
 from tests.fixtures_git import git
+from tests.support.polling import wait_until
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -400,12 +401,13 @@ async def test_an_init_goes_on_when_the_caller_disconnects(git_edge, git_http, s
     with pytest.raises(asyncio.CancelledError):
         await caller
     git_http.hold_upload_pack.set()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while (status := (await api.call("GET", "/api/init/c1/u1/t1")).body.get("status")) != "ready":
-        assert status in ("waiting", "initializing", "cloning", "creating"), status
-        assert loop.time() < deadline, "the init did not finish"
-        await asyncio.sleep(0.05)
+
+    async def ready() -> bool:
+        status = (await api.call("GET", "/api/init/c1/u1/t1")).body.get("status")
+        assert status in ("ready", "waiting", "initializing", "cloning", "creating"), status
+        return status == "ready"
+
+    await wait_until(ready, "the init to finish", 60)
     assert (settings.workspace_path / "c1" / "u1" / "threads" / "t1" / "README.md").exists()
 
 

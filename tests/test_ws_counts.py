@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 
 import aiohttp
-from yarl import URL
 
-from edge import keys
 from edge.proxylog import JsonLines, ProxyLog
-from edge.routing import Route
+from tests.support.polling import wait_until
+from tests.support.routes import add_route
+from tests.support.websocket import PROTOCOLS, WsUpstream
 from tests.test_metrics import WAIT, scrape, value
-from tests.ws_upstreams import PROTOCOLS, WsUpstream
 
 TOKEN = "metrics-token"
 
@@ -23,7 +21,7 @@ async def test_websocket_outcomes_in_metrics_match_the_log(edge, serve):
     upstream = await serve(recorder.app())
     lines = io.StringIO()
     server = await edge(api_token=TOKEN, proxy_log=ProxyLog([JsonLines(lines)]))
-    server.app[keys.SESSIONS].set(Route("ws", URL(upstream.origin)))
+    add_route(server, "ws", upstream.origin)
     async with aiohttp.ClientSession(timeout=WAIT) as client:
         async with client.ws_connect(server.url("/session/ws/"), protocols=PROTOCOLS) as ws:  # closed cleanly
             await ws.send_str("x")
@@ -37,10 +35,7 @@ async def test_websocket_outcomes_in_metrics_match_the_log(edge, serve):
                 pass
         except aiohttp.WSServerHandshakeError as refused:
             assert refused.status == 403
-        for _ in range(100):  # the relay notices the vanished browser
-            if len(lines.getvalue().splitlines()) == 3:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(lines.getvalue().splitlines()) == 3, "the relay to log the vanished browser")
         samples = await scrape(client, server)
     logged = [json.loads(line) for line in lines.getvalue().splitlines()]
     assert sorted(record["status"] for record in logged) == [101, 101, 403]

@@ -3,7 +3,9 @@
 Each app records every request it receives (``app[SEEN]``), so a test can
 assert that a refused request never reached the upstream. Serve an app with
 the ``serve`` fixture; raw servers (for answers aiohttp would not send, or
-connections that break) come from :func:`raw_upstream`.
+connections that break) come from :func:`raw_upstream`. A test's own few
+handlers become an app with :func:`app_with`; :class:`RecordingUpstream`
+answers ``<method> <path> <body length>`` and records what arrived.
 
 Routes of :func:`upstream_app` (every other path is echoed):
 
@@ -26,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import json
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterator, Mapping
 
-import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
+
+from tests.support.rawhttp import read_head
 
 SEEN = web.AppKey("seen", list)
 RECORD = web.RequestKey("record", dict)
@@ -211,12 +214,52 @@ def upstream_app() -> web.Application:
     return app
 
 
-def echo_app() -> web.Application:
-    """An upstream that echoes every request (any method, any path) as JSON."""
-    app = web.Application(middlewares=[_record], client_max_size=1024**3)
-    app[SEEN] = []
-    app.router.add_route("*", "/{tail:.*}", _echo)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def app_with(routes: Mapping[str, Handler]) -> web.Application:
+    """An app of a test's own handlers: keys are ``"/path"`` (any method) or ``"POST /path"``."""
+    app = web.Application()
+    for key, handler in routes.items():
+        method, _, path = key.rpartition(" ")
+        app.router.add_route(method or "*", path, handler)
     return app
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+@dataclass
+class RecordingUpstream:
+    """An upstream that answers every request with ``<method> <path> <body length>`` and records it."""
+
+    origin: str = ""
+    arrived: list[str] = field(default_factory=list)  # paths whose head arrived
+    seen: list[Seen] = field(default_factory=list)  # complete requests, body included
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> web.Application:
+        return app_with({"/{tail:.*}": self.handle})
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.arrived.append(request.path_qs)
+        self.changed.set()
+        body = await request.read()
+        self.seen.append(Seen(request.method, request.path_qs, CIMultiDict(request.headers), body))
+        self.changed.set()
+        return web.Response(text=f"{request.method} {request.path_qs} {len(body)}")
+
+    async def wait_for(self, path: str, *, head_only: bool = False, timeout: float = 10.0) -> None:
+        """Until a request for ``path`` has been received whole (or, with ``head_only``, has begun)."""
+        async with asyncio.timeout(timeout):
+            while path not in (self.arrived if head_only else [s.path for s in self.seen]):
+                self.changed.clear()
+                await self.changed.wait()
 
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -243,11 +286,6 @@ class RawServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-
-async def read_head(reader: asyncio.StreamReader) -> bytes:
-    """Read one HTTP head (up to the blank line)."""
-    return await reader.readuntil(b"\r\n\r\n")
 
 
 async def raw_upstream(handler: RawHandler) -> RawServer:
@@ -278,34 +316,3 @@ def canned(response: bytes) -> RawHandler:
         await writer.drain()
 
     return handler
-
-
-async def raw_exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
-    """Send raw bytes to 127.0.0.1:port and read until the server closes (bounded)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
-
-
-def parse_response(data: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    """Status, reason, headers and body of one raw HTTP/1.x response (body left as sent)."""
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    _, status, reason = (lines[0].split(" ", 2) + [""])[:3]
-    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
-    return int(status), reason, headers, body  # type: ignore[return-value]
-
-
-def json_body(data: bytes) -> dict:
-    return json.loads(data)
-
-
-async def add_route(edge_origin: str, session_id: str, target: str) -> None:
-    """Point a session at an upstream through the edge's routes API."""
-    async with aiohttp.ClientSession() as client:
-        async with client.post(f"{edge_origin}/api/routes/{session_id}", json={"target": target}) as resp:
-            assert resp.status in (200, 201), await resp.text()

@@ -1,4 +1,6 @@
-"""WebSocket peers for relay tests: a recording upstream app, a raw client, a silent server.
+"""WebSocket peers for relay tests: an echo handler, a recording upstream app, a raw client, a silent server.
+
+:func:`ws_echo` is the tiny upstream: it echoes text messages.
 
 :class:`WsUpstream` is a real aiohttp WebSocket server that records what reaches
 it (handshakes, messages, pings, the close frame) and obeys commands sent as
@@ -29,15 +31,29 @@ from dataclasses import dataclass, field
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from tests.upstreams import RawServer, raw_upstream
+from tests.support.rawhttp import request
+from tests.support.upstreams import Handler, RawServer, pattern_bytes, raw_upstream
 
 PROTOCOLS = ("vite-hmr", "vite-ping")
 
 
 def pattern(size: int) -> bytes:
     """Deterministic test bytes (not all alike, so a reordering would show)."""
-    block = bytes(range(256))
-    return (block * (size // 256 + 1))[:size]
+    return b"".join(pattern_bytes(size))
+
+
+def ws_echo(protocols: tuple[str, ...] = (), prefix: str = "") -> Handler:
+    """A WebSocket handler offering ``protocols`` that answers each text message with ``prefix`` + it."""
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=protocols)
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                await ws.send_str(prefix + message.data)
+        return ws
+
+    return echo
 
 
 @dataclass
@@ -146,8 +162,7 @@ class RawClient:
             "Sec-WebSocket-Version": "13",
             **(headers or {}),
         }
-        lines = [f"GET {path} HTTP/1.1", *(f"{name}: {value}" for name, value in fields.items())]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        writer.write(request("GET", path, headers=fields, host=None))
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         answer = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
         return cls(reader, writer, int(head[0].split(" ")[1]), {k.lower(): v for k, v in answer.items()})

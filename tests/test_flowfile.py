@@ -231,7 +231,7 @@ async def test_a_dead_writer_process_is_replaced(edge, serve, tmp_path):
         environ = Path(f"/proc/{writer.pid}/environ").read_bytes().split(b"\0")
         assert {item.split(b"=", 1)[0] for item in environ if item} == {b"PYTHONPATH"}
         writer.kill_now()
-        await wait_for(lambda: not Path(f"/proc/{writer.pid}").exists(), 10, "the killed writer to be reaped")
+        await wait_until(lambda: not Path(f"/proc/{writer.pid}").exists(), "the killed writer to be reaped", 10)
 
         async with client.get(server.url("/session/s1/page?n=2")) as resp:
             assert resp.status == 200

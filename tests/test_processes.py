@@ -12,7 +12,8 @@ import pytest
 
 from core import processes
 from preview.procs import group_members
-from tests.fixtures_preview import group_gone, wait_until
+from tests.fixtures_preview import group_gone
+from tests.support.polling import wait_until
 
 PY = sys.executable
 HANG_GUARD = 60  # a bug here would hang the test; this only turns a hang into a failure
@@ -92,7 +93,7 @@ async def test_a_child_that_ignores_sigterm_gets_sigkill_with_its_whole_group():
         assert set(group_members(child.pid)) >= {child.pid, helper}
         code = await child.stop(grace=0.5)
     assert code == -signal.SIGKILL
-    await wait_until(lambda: group_gone(child.pid), HANG_GUARD, "the helper to die with the group")
+    await wait_until(lambda: group_gone(child.pid), "the helper to die with the group", HANG_GUARD)
 
 
 async def test_a_child_that_honours_sigterm_exits_with_it():
@@ -119,7 +120,7 @@ async def test_a_helper_in_the_group_holding_the_pipe_is_killed_once_the_leader_
     finally:
         await child.stop()
     assert read == [b"started\n"]
-    await wait_until(lambda: group_gone(child.pid), HANG_GUARD, "the helper holding the pipe to be killed")
+    await wait_until(lambda: group_gone(child.pid), "the helper holding the pipe to be killed", HANG_GUARD)
 
 
 async def test_a_grandchild_that_left_the_group_and_holds_the_pipe_does_not_hang_the_stop():
@@ -144,7 +145,7 @@ async def test_a_grandchild_that_left_the_group_and_holds_the_pipe_does_not_hang
                 await child.wait()
                 assert await child.stop() == 0  # the reader ends too: the task group can close
         assert escaped
-        await wait_until(lambda: group_gone(child.pid), HANG_GUARD, "the group to be gone")
+        await wait_until(lambda: group_gone(child.pid), "the group to be gone", HANG_GUARD)
     finally:
         if escaped:
             _kill(escaped)
@@ -173,7 +174,7 @@ async def test_run_stops_the_whole_group_when_it_times_out(monkeypatch):
     with anyio.fail_after(HANG_GUARD), pytest.raises(TimeoutError):
         await processes.run([PY, "-c", script], timeout=1, grace=0.5)
     assert started
-    await wait_until(lambda: group_gone(started[0]), HANG_GUARD, "the timed-out group to be gone")
+    await wait_until(lambda: group_gone(started[0]), "the timed-out group to be gone", HANG_GUARD)
 
 
 async def test_a_cancelled_caller_leaves_nothing_running():
@@ -184,7 +185,7 @@ async def test_a_cancelled_caller_leaves_nothing_running():
         finally:
             await child.stop(grace=0.5)
     assert child.returncode is not None
-    await wait_until(lambda: group_gone(child.pid), HANG_GUARD, "the cancelled child's group to be gone")
+    await wait_until(lambda: group_gone(child.pid), "the cancelled child's group to be gone", HANG_GUARD)
 
 
 async def test_a_missing_program_raises_oserror():

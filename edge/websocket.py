@@ -24,6 +24,7 @@ from yarl import URL
 
 from edge import keys
 from edge.errors import error_response
+from edge.exchange import Exchange
 from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, upstream_request_headers
 from edge.routing import Match, Route, SessionTable
@@ -227,18 +228,22 @@ class SocketRegistry:
 SOCKETS = web.AppKey("sockets", SocketRegistry)
 
 
-async def relay_websocket(request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow) -> web.StreamResponse:
-    """Connect upstream, accept the browser with the upstream's subprotocol, relay until either side closes."""
+async def relay_websocket(request: web.Request, found: Match, route: Route, peer: Peer, ex: Exchange) -> web.StreamResponse:
+    """Connect upstream, accept the browser with the upstream's subprotocol, relay until either side closes.
+
+    The exchange (:mod:`edge.exchange`) runs as long as the relay: the edge is busy while a socket is open.
+    """
     assert route.target is not None
+    flow = ex.flow
     flow.websocket = True
     protocols = tuple(
         p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in value.split(",") if p.strip()
     )
     if not web.WebSocketResponse(protocols=protocols).can_prepare(request):
-        flow.fail(None, "invalid WebSocket handshake", 400)
+        ex.fail(None, "invalid WebSocket handshake", 400)
         return error_response(request, 400, "This is not a valid WebSocket handshake.")
 
-    upstream = await _connect_upstream(request, found, route, peer, flow, protocols)
+    upstream = await _connect_upstream(request, found, route, peer, ex, protocols)
     if isinstance(upstream, web.Response):
         return upstream
 
@@ -271,12 +276,13 @@ async def relay_websocket(request: web.Request, found: Match, route: Route, peer
 
 
 async def _connect_upstream(
-    request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow, protocols: tuple[str, ...]
+    request: web.Request, found: Match, route: Route, peer: Peer, ex: Exchange, protocols: tuple[str, ...]
 ) -> aiohttp.ClientWebSocketResponse | web.Response:
     """The upstream socket (offered all the browser's subprotocols), or the browser's error answer."""
     assert route.target is not None
+    flow = ex.flow
     headers = upstream_request_headers(request.headers, route.target, peer, found.prefix, flow, websocket=True)
-    url = URL(flow.upstream_url, encoded=True)  # set by edge.exchange.begin
+    url = URL(flow.upstream_url, encoded=True)  # set when the exchange began
     flow.upstream_headers = headers
     try:
         async with asyncio.timeout(request.app[keys.SETTINGS].first_byte_timeout):
@@ -294,12 +300,12 @@ async def _connect_upstream(
             )
     except aiohttp.WSServerHandshakeError as exc:
         status = exc.status if 400 <= exc.status < 600 else 502
-        flow.fail(UpstreamError.HANDSHAKE, f"upstream refused the WebSocket: {exc.status}", status)
+        ex.fail(UpstreamError.HANDSHAKE, f"upstream refused the WebSocket: {exc.status}", status)
         return error_response(request, status, f"The preview refused the WebSocket ({exc.status}).")
     except TimeoutError:
-        flow.fail(UpstreamError.TIMEOUT, "upstream WebSocket handshake timed out", 504)
+        ex.fail(UpstreamError.TIMEOUT, "upstream WebSocket handshake timed out", 504)
         return error_response(request, 504, "The preview did not answer the WebSocket handshake in time.")
     except (aiohttp.ClientError, OSError) as exc:
         kind = UpstreamError.CONNECT if isinstance(exc, aiohttp.ClientConnectorError) else UpstreamError.RESET
-        flow.fail(kind, f"upstream unreachable: {type(exc).__name__}", 502)
+        ex.fail(kind, f"upstream unreachable: {type(exc).__name__}", 502)
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")

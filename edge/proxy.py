@@ -23,6 +23,7 @@ from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, client_response_headers, make_peer, upstream_request_headers
 from edge.classify import DECISION, Own, Refusal, classify
 from edge.routing import Match, Redirect, Route
+from edge import websocket
 from edge.websocket import is_upgrade, relay_websocket
 
 # Upstream bodies up to this size (with a Content-Length) are read whole and sent with the head in one write.
@@ -231,4 +232,5 @@ def setup(app: web.Application) -> None:
     exchanges.sink = lambda tally: metrics.add_tally(app, tally)
     metrics.before_scrape(app, exchanges.fold)
     app.cleanup_ctx.append(exchanges.folding)
+    websocket.setup(app)
     app.router.add_route("*", "/{tail:.*}", handle)

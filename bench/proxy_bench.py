@@ -7,7 +7,8 @@ Measures, for one small static file (the size of a small stylesheet):
   with its API; one process, and with ``EDGE_WORKERS=2`` a second process
   on the port) and through configurable-http-proxy (``--change-origin``,
   route added with its API);
-* WebSocket echo round trips per second, straight and through the proxies;
+* WebSocket echo round trips per second, straight and through the proxies
+  (``--ws-repeat`` rounds, interleaved: the median and the spread per path);
 * for each, the CPU time the serving processes spent per request or message,
   read from /proc: unlike throughput, it hardly moves when other work
   shares the machine's two cores.
@@ -155,6 +156,15 @@ class WsResult:
     messages_per_second: float
     messages: int
     cpu_us: float  # CPU of the relaying (or echoing) process per round trip
+    rounds: tuple[float, ...] = ()  # msg/s of each round, when repeated
+
+
+def median_of(results: list[WsResult]) -> WsResult:
+    """The median round (by msg/s) of one path, with every round's rate kept for the spread."""
+    ordered = sorted(results, key=lambda r: r.messages_per_second)
+    middle = ordered[len(ordered) // 2]
+    cpu = sorted(r.cpu_us for r in results)[len(results) // 2]
+    return WsResult(middle.name, middle.messages_per_second, middle.messages, cpu, tuple(r.messages_per_second for r in results))
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -347,14 +357,18 @@ def print_report(http: list[HttpResult], ws: list[WsResult], args: argparse.Name
         uv = by["edge (uvloop)"]
         print(f"edge (uvloop) / configurable-http-proxy: throughput {uv.rps / chp.rps:.2f}x, "
               f"CPU per request {uv.cpu_us / chp.cpu_us:.2f}x")
-    print(f"\nWebSocket echo: {args.ws_connections} sockets x {args.ws_messages} round trips of 64 bytes")
-    print(f"{'path':<26}{'msg/s':>9}{'messages':>10}{'CPU µs/msg':>12}")
+    print(f"\nWebSocket echo: {args.ws_connections} sockets x {args.ws_messages} round trips of 64 bytes, "
+          f"median of {args.ws_repeat} interleaved rounds")
+    print(f"{'path':<26}{'msg/s':>9}{'messages':>10}{'CPU µs/msg':>12}  rounds (msg/s)")
     for w in ws:
-        print(f"{w.name:<26}{w.messages_per_second:>9.0f}{w.messages:>10}{w.cpu_us:>12.0f}")
+        rounds = ", ".join(f"{r:.0f}" for r in w.rounds)
+        print(f"{w.name:<26}{w.messages_per_second:>9.0f}{w.messages:>10}{w.cpu_us:>12.0f}  {rounds}")
     wby = {w.name: w for w in ws}
+    chp_ws = wby["configurable-http-proxy"]
     for name in ("edge", EDGE_2):
-        print(f"WebSocket {name} / configurable-http-proxy: "
-              f"{wby[name].messages_per_second / wby['configurable-http-proxy'].messages_per_second:.2f}x")
+        per_round = [e / c for e, c in zip(wby[name].rounds, chp_ws.rounds)]
+        print(f"WebSocket {name} / configurable-http-proxy: {wby[name].messages_per_second / chp_ws.messages_per_second:.2f}x "
+              f"(per round {min(per_round):.2f}-{max(per_round):.2f}x; CPU per message {wby[name].cpu_us / chp_ws.cpu_us:.2f}x)")
 
 
 def benchmark(args: argparse.Namespace) -> int:
@@ -374,7 +388,11 @@ def benchmark(args: argparse.Namespace) -> int:
             for target in http_targets:
                 runs[target.name].append(run_wrk(target, connections=args.connections, seconds=args.seconds, headers=cookie))
         http = [max(results, key=lambda r: r.rps) for results in runs.values()]
-        ws = [run_ws_load(t, connections=args.ws_connections, messages=args.ws_messages) for t in ws_targets]
+        ws_runs: dict[str, list[WsResult]] = {t.name: [] for t in ws_targets}
+        for _ in range(args.ws_repeat):  # interleaved like the HTTP rounds
+            for target in ws_targets:
+                ws_runs[target.name].append(run_ws_load(target, connections=args.ws_connections, messages=args.ws_messages))
+        ws = [median_of(results) for results in ws_runs.values()]
     signal.alarm(0)
     print_report(http, ws, args, (load_before, os.getloadavg()[0]))
     return 0
@@ -387,6 +405,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="wrk runs per path, interleaved (the best counts)")
     parser.add_argument("--ws-connections", type=int, default=8)
     parser.add_argument("--ws-messages", type=int, default=2000, help="round trips per WebSocket")
+    parser.add_argument("--ws-repeat", type=int, default=3, help="WebSocket rounds per path, interleaved (the median counts)")
     parser.add_argument("--uvloop", action="store_true", help="also measure the edge on uvloop (must be importable)")
     parser.add_argument("--upstream", choices=("node", "nginx"), default="node", help="the static upstream (nginx: Debian's)")
     commands = parser.add_subparsers(dest="command")

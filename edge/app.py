@@ -189,5 +189,5 @@ def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None =
     # 7. The edge's own pages, then the catch-all.
     startpage.setup(app)  # /session/_edge/status/<id>: what the waiting page polls
     tabs.setup(app)  # the tab worker that keeps each browser tab on its own session (prefix mode)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    proxy.setup(app)  # the session proxy: the catch-all route, and the exchanges every path reports to
     return app

@@ -9,11 +9,11 @@ that. What a client, the upstream and the logs see stays the same, because
 the decisions are shared, not copied: the routing decision of
 :mod:`edge.classify`, the Vite guard's test of :mod:`edge.viteguard`, the
 header rules of :mod:`edge.headers`, the exchange lifecycle of
-:mod:`edge.exchange` (flow record, proxy log, flow file), typed upstream error
-kinds for the metrics, and the server limits of :mod:`edge.limits` (head
+:mod:`edge.exchange` (flow record, upstream URL, idle accounting, proxy log,
+metrics and typed upstream error kinds), and the server limits of :mod:`edge.limits` (head
 limits and deadline, keep-alive timer, connection guard). What is left here
 is what makes it fast: parsing with llhttp, one write per upstream read, a
-kept-alive upstream connection per client connection, batched metrics.
+kept-alive upstream connection per client connection.
 
 Every client connection starts here. A request the fast path does not take
 (another method, a body, an upgrade, HTTP/1.0, one of the edge's own routes,
@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
@@ -47,9 +45,9 @@ from edge import exchange as exchanges
 from edge import keys, metrics, tabs, viteguard
 from edge.classify import classify
 from edge.errors import raw_error, response_head
+from edge.exchange import Exchange, Tally
 from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, client_address, client_response_headers, make_peer, upstream_request_headers
-from edge.idle import IDLE
 from edge.connguard import Admission, ConnectionGuard, peer_address
 from edge.limits import HEAD_LIMITS
 from edge.routing import Match, Route, RouteState
@@ -68,43 +66,7 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-# Latencies kept between two flushes of a tally (four a second; more are not observed).
-MAX_LATENCIES = 2000
-
-
-class Tally:
-    """The metrics of fast exchanges since the last flush, as plain counts.
-
-    Updating Prometheus series takes locks and costs several microseconds per
-    request; a tally is folded into them (:func:`edge.metrics.add_tally`) four
-    times a second and before each scrape, or sent on by a worker process.
-    """
-
-    def __init__(self) -> None:
-        self.statuses: Counter[int] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.latencies: list[float] = []
-
-    def upstream_head(self, flow: ProxyFlow) -> None:
-        if len(self.latencies) < MAX_LATENCIES:
-            self.latencies.append(time.time() - flow.started)
-
-    def done(self, flow: ProxyFlow, status: int) -> None:
-        self.statuses[status] += 1
-        if flow.error_kind is not None:
-            self.errors[flow.error_kind.value] += 1
-
-    def as_json(self) -> dict:
-        """For a worker's report (:mod:`edge.worker`)."""
-        return {"statuses": {str(s): n for s, n in self.statuses.items()}, "errors": dict(self.errors), "latencies": self.latencies}
-
-    @classmethod
-    def from_json(cls, data: dict) -> Tally:
-        tally = cls()
-        tally.statuses.update({int(s): n for s, n in data["statuses"].items()})
-        tally.errors.update(data["errors"])
-        tally.latencies = data["latencies"]
-        return tally
+__all__ = ["FastPath", "FrontProtocol", "Tally", "setup", "to_protocol"]  # Tally: edge.exchange's, for workers
 
 
 # Gives a connection, with the bytes read but not answered, to whoever handles the rest of it.
@@ -127,10 +89,9 @@ def to_protocol(make_handler: Callable[[], asyncio.Protocol]) -> PassOn:
 class FastPath:
     """One app's fast path: what an exchange needs, and the connections it holds."""
 
-    def __init__(self, app: web.Application, metrics_sink: Callable[[Tally], None] | None = None) -> None:
+    def __init__(self, app: web.Application) -> None:
         self.app = app
-        self.tally = Tally()
-        self.metrics_sink = metrics_sink  # None: the owner takes ``tally`` itself (a worker process)
+        self.exchanges = exchanges.setup(app)  # the same lifecycle as aiohttp's path
         self.settings = app[keys.SETTINGS]
         self.table = app[keys.SESSIONS]
         self.hosts = app[keys.HOSTS]
@@ -155,11 +116,14 @@ class FastPath:
             return None
         return found, route
 
-    def flush_metrics(self) -> None:
-        """Fold the tally into the app's metrics (see :class:`Tally`)."""
-        if self.metrics_sink is not None:
-            tally, self.tally = self.tally, Tally()
-            self.metrics_sink(tally)
+    @property
+    def tally(self) -> Tally:
+        """The metrics of the exchanges since the last fold (a worker process takes and replaces it)."""
+        return self.exchanges.tally
+
+    @tally.setter
+    def tally(self, tally: Tally) -> None:
+        self.exchanges.tally = tally
 
     def begin_stop(self) -> None:
         """Stop taking requests: idle connections close now, busy ones after their answer."""
@@ -185,7 +149,6 @@ class FastPath:
                 now = loop.time()
                 for connection in list(self.connections):
                     connection.check_deadlines(now)
-                self.flush_metrics()
 
         task = asyncio.create_task(run())
         yield
@@ -238,10 +201,11 @@ class _RequestHead:
 
 
 @dataclass
-class Exchange:
-    """One request on the fast path, from its head to the end of its answer."""
+class FastRequest:
+    """One request on the fast path, from its head to the end of its answer (its :class:`Exchange` aside)."""
 
-    flow: ProxyFlow
+    exchange: Exchange
+    flow: ProxyFlow  # the exchange's record
     match: Match
     route: Route
     peer: Peer
@@ -367,7 +331,7 @@ class FrontProtocol(asyncio.Protocol):
         self._admitted = False
         self._buffer = bytearray()
         self._head = _RequestHead()
-        self._exchange: Exchange | None = None
+        self._exchange: FastRequest | None = None
         self._upstream: UpstreamProtocol | None = None
         self._out: list[bytes] = []
         self._loop = asyncio.get_running_loop()
@@ -526,17 +490,12 @@ class FrontProtocol(asyncio.Protocol):
         fast = self._fast
         assert route.target is not None
         peer = make_peer(self._remote, headers, "http", fast.settings.trusted_proxies)
-        flow = exchanges.begin(
-            fast.table, match, route.target, peer, method="GET", raw_path=raw_path, http_version="HTTP/1.1", headers=headers
-        )
+        ex = fast.exchanges.begin(match, route.target, peer, method="GET", raw_path=raw_path, http_version="HTTP/1.1", headers=headers)
+        flow = ex.flow
         upstream_headers = upstream_request_headers(headers, route.target, peer, match.prefix, flow)
         flow.upstream_headers = upstream_headers
-        exchange = Exchange(flow, match, route, peer, head, keep_alive=keep_alive)
+        exchange = FastRequest(ex, flow, match, route, peer, head, keep_alive=keep_alive)
         self._exchange = exchange
-        watch = fast.app.get(IDLE)
-        if watch is not None:
-            watch.in_flight += 1
-            watch.note_proxied()
         lines = [f"GET {match.upstream_path} HTTP/1.1"]
         lines += [f"{name}: {value}" for name, value in upstream_headers.items()]
         lines.append("\r\n")
@@ -548,7 +507,7 @@ class FrontProtocol(asyncio.Protocol):
         self._drop_upstream()
         exchange.connecting = asyncio.ensure_future(self._connect(exchange, route.target, payload))
 
-    async def _connect(self, exchange: Exchange, target: URL, payload: bytes) -> None:
+    async def _connect(self, exchange: FastRequest, target: URL, payload: bytes) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._fast.settings.connect_timeout):
@@ -567,7 +526,7 @@ class FrontProtocol(asyncio.Protocol):
         self._upstream = upstream
         self._send(exchange, upstream, payload)
 
-    def _send(self, exchange: Exchange, upstream: UpstreamProtocol, payload: bytes) -> None:
+    def _send(self, exchange: FastRequest, upstream: UpstreamProtocol, payload: bytes) -> None:
         upstream.send(payload)
         if self._fast.settings.first_byte_timeout > 0:
             exchange.deadline = self._loop.time() + self._fast.settings.first_byte_timeout
@@ -585,7 +544,7 @@ class FrontProtocol(asyncio.Protocol):
         flow.status = upstream.status
         flow.reason = _text(upstream.reason)
         flow.upstream_response_headers = received
-        self._fast.tally.upstream_head(flow)
+        exchange.exchange.upstream_head()
         out = client_response_headers(received, route.target, exchange.peer, match, flow)
         if upstream.status not in (204, 304):
             if "Transfer-Encoding" in received or "Content-Length" not in received:
@@ -650,22 +609,22 @@ class FrontProtocol(asyncio.Protocol):
         if not exchange.head_sent:
             self._replay(exchange)
             return
-        exchange.flow.fail(UpstreamError.RESET, error)
+        exchange.exchange.fail(UpstreamError.RESET, error)
         self._flush()
         self._closing = True
         self.force_close()
         self._finish(exchange)
 
-    def _first_byte_timeout(self, exchange: Exchange) -> None:
+    def _first_byte_timeout(self, exchange: FastRequest) -> None:
         exchange.deadline = None
         if self._exchange is not exchange or exchange.head_sent:
             return
         self._drop_upstream()
-        exchange.flow.fail(UpstreamError.TIMEOUT, "upstream timeout")
+        exchange.exchange.fail(UpstreamError.TIMEOUT, "upstream timeout")
         self._answer_error(exchange, 504, "The preview did not answer in time.", "Try again; if it persists, restart the preview.")
         self._finish(exchange)
 
-    def _answer_error(self, exchange: Exchange, status: int, error: str, hint: str) -> None:
+    def _answer_error(self, exchange: FastRequest, status: int, error: str, hint: str) -> None:
         accept = exchange.flow.client_headers.get("Accept", "")
         headers, answer = raw_error(accept, status, error, hint, close=self._closes_after(exchange))
         exchange.flow.status = status
@@ -680,17 +639,14 @@ class FrontProtocol(asyncio.Protocol):
                 self.transport.write(b"".join(self._out))
             self._out.clear()
 
-    def _finish(self, exchange: Exchange, status: int | None = None) -> None:
-        """Log the flow, count it, and go on to the next request (or close)."""
+    def _finish(self, exchange: FastRequest, status: int | None = None) -> None:
+        """End the exchange (logged, counted, the edge idle again), and go on to the next request (or close)."""
         self._exchange = None
         if exchange.connecting is not None:
             exchange.connecting.cancel()
         fast = self._fast
-        flow = exchange.flow
-        exchanges.end(fast.table, fast.proxy_log, flow)
-        fast.tally.done(flow, status or flow.status or 502)
+        exchange.exchange.end(status)
         fast.proxied += 1
-        self._idle_again()
         if self.transport is None:
             return
         if self._closes_after(exchange):
@@ -705,15 +661,9 @@ class FrontProtocol(asyncio.Protocol):
         else:
             self._arm(fast.settings.keepalive_timeout)
 
-    def _closes_after(self, exchange: Exchange) -> bool:
+    def _closes_after(self, exchange: FastRequest) -> bool:
         """Whether the connection ends with this answer (the client asked, or the edge is stopping)."""
         return not exchange.keep_alive or self._closing or self._fast.stopping
-
-    def _idle_again(self) -> None:
-        watch = self._fast.app.get(IDLE)
-        if watch is not None:
-            watch.in_flight -= 1
-            watch.note_proxied()
 
     def _drop_upstream(self) -> None:
         if self._upstream is not None:
@@ -722,10 +672,10 @@ class FrontProtocol(asyncio.Protocol):
 
     # -- leaving the fast path ------------------------------------------------
 
-    def _replay(self, exchange: Exchange) -> None:
+    def _replay(self, exchange: FastRequest) -> None:
         """The upstream failed before answering: aiohttp's path takes the request again, and the connection."""
         self._exchange = None
-        self._idle_again()
+        exchange.exchange.abandon()  # aiohttp's path begins the exchange again
         self._out.clear()
         self._buffer[:0] = exchange.head
         self._hand_over()
@@ -753,8 +703,7 @@ def setup(app: web.Application) -> FastPath:
     """Create the app's fast path; :class:`edge.limits.EdgeSite` puts it in front of aiohttp's protocol."""
     from edge import stopping
 
-    fast = app[FAST_PATH] = FastPath(app, metrics_sink=lambda tally: metrics.add_tally(app, tally))
-    metrics.before_scrape(app, fast.flush_metrics)
+    fast = app[FAST_PATH] = FastPath(app)
     app.cleanup_ctx.append(fast.sweep)
     stopping.add_drain(app, fast.drain)
     return fast

@@ -20,6 +20,8 @@ from aiohttp import web
 
 from edge import keys
 from edge import reserved
+from edge.classify import DECISION
+from edge.routing import Match
 
 log = logging.getLogger("edge.idle")
 
@@ -44,7 +46,7 @@ class IdleWatch:
         self.session_of: SessionOf | None = None
 
     def note_proxied(self) -> None:
-        """A proxied request began or ended (the session table records which session)."""
+        """A proxied exchange began or ended (the session table records which session)."""
         self.last_request = time.monotonic()
 
     def note(self, request: web.Request) -> None:
@@ -76,11 +78,17 @@ IDLE = web.AppKey("idle_watch", IdleWatch)
 
 @web.middleware
 async def track_activity(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count requests (except probes) as activity, at their start and at their end."""
+    """Count requests (except probes) as activity, at their start and at their end.
+
+    A request for a session is activity when it arrives; once proxied, its
+    exchange (:mod:`edge.exchange`) holds it in flight, as on the fast path.
+    """
     if request.path in NOT_ACTIVITY:
         return await handler(request)
     watch = request.app[IDLE]
     watch.note(request)
+    if isinstance(request.get(DECISION), Match):
+        return await handler(request)
     watch.in_flight += 1
     try:
         return await handler(request)

@@ -1,10 +1,10 @@
 """Prometheus metrics of one edge: ``GET /metrics`` (behind the API token when one is set).
 
 Each app has its own ``CollectorRegistry`` (tests run several edges in one
-process). The proxy is the hot path, so a proxied request costs a counter
-increment (the outermost middleware), one histogram observation when the
-upstream's head arrives and a look at the flow's error when it ends; gauges
-(open WebSockets, previews by state) are read only when scraped.
+process). The proxy is the hot path, so a proxied exchange is counted by its
+lifecycle (:mod:`edge.exchange`) in plain counts folded in before each
+scrape, on every path alike; other requests by the outermost middleware.
+Gauges (open WebSockets, previews by state) are read only when scraped.
 
 Other modules report through small hooks that do nothing when metrics are
 not set up: :func:`observe_execution` (Claude executors) and
@@ -14,7 +14,6 @@ not set up: :func:`observe_execution` (Claude executors) and
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
 from aiohttp import web
@@ -22,13 +21,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edge.flow import ProxyFlow, UpstreamError
+from edge.flow import UpstreamError
 from edge import reserved
 from edge.health import HEALTH_FIELDS
 from edge.websocket import SOCKETS
 
 if TYPE_CHECKING:
-    from edge.fastpath import Tally
+    from edge.exchange import Tally
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -36,6 +35,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROXY, API, HEALTH, METRICS_ROUTE, OTHER = "proxy", "api", "health", "metrics", "other"
 # The proxy marks the requests it handles (host, prefix or cookie routed) with this key.
 ROUTE_CLASS = web.RequestKey("route_class", str)
+# Set on a request whose exchange counts itself (edge.exchange): the middleware leaves it.
+COUNTED = web.RequestKey("counted_by_exchange", bool)
 
 UPSTREAM_ERROR_KINDS = tuple(kind.value for kind in UpstreamError)
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer
@@ -106,13 +107,8 @@ class EdgeMetrics:
             series = self._request_series[(route, status)] = self.requests.labels(route, str(status))
         series.inc(count)  # type: ignore[attr-defined]
 
-    def flow_done(self, flow: ProxyFlow) -> None:
-        if flow.error_kind is not None:
-            self.upstream_errors.labels(flow.error_kind.value).inc()
-
 
 METRICS = web.AppKey("metrics", EdgeMetrics)
-FLOW_STATUS = web.RequestKey("flow_status", int)  # on a request: the status its WebSocket flow logged
 SCRAPE_HOOKS = web.AppKey("metrics_scrape_hooks", list)
 
 
@@ -126,7 +122,10 @@ def route_class(request: web.Request) -> str:
 
 @web.middleware
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every request by route class and status (the outermost middleware: refusals count too)."""
+    """Count every request by route class and status (the outermost middleware: refusals count too).
+
+    A proxied exchange counts itself when it ends (:mod:`edge.exchange`), as on the fast path.
+    """
     status = 500
     try:
         response = await handler(request)
@@ -140,8 +139,8 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         raise
     finally:
         metrics = request.app.get(METRICS)
-        if metrics is not None:
-            metrics.request_done(route_class(request), request.get(FLOW_STATUS, status))
+        if metrics is not None and not request.get(COUNTED):
+            metrics.request_done(route_class(request), status)
 
 
 def mark_proxied(request: web.Request) -> None:
@@ -150,7 +149,7 @@ def mark_proxied(request: web.Request) -> None:
 
 
 def add_tally(app: web.Application, tally: Tally) -> None:
-    """Requests answered by :mod:`edge.fastpath` (outside aiohttp's middlewares, here or in a worker process)."""
+    """Proxied exchanges (:mod:`edge.exchange`), of this process or a worker process."""
     metrics = app.get(METRICS)
     if metrics is None:
         return
@@ -165,23 +164,6 @@ def add_tally(app: web.Application, tally: Tally) -> None:
 def before_scrape(app: web.Application, hook: Callable[[], None]) -> None:
     """Run ``hook`` before each ``GET /metrics`` (to fold in what is counted elsewhere)."""
     app.setdefault(SCRAPE_HOOKS, []).append(hook)
-
-
-def upstream_head(app: web.Application, flow: ProxyFlow) -> None:
-    """The upstream's response head has arrived: observe the time since the flow began."""
-    metrics = app.get(METRICS)
-    if metrics is not None:
-        metrics.upstream_latency.observe(time.time() - flow.started)
-
-
-def flow_done(app: web.Application, flow: ProxyFlow, request: web.Request | None = None) -> None:
-    """A proxied exchange ended. A WebSocket's request is then counted with the log's status (see
-    :func:`count_requests`): a browser that vanishes mid-relay cancels the handler, yet the socket was a 101."""
-    metrics = app.get(METRICS)
-    if metrics is not None:
-        metrics.flow_done(flow)
-    if request is not None and flow.websocket and flow.status:
-        request[FLOW_STATUS] = flow.status
 
 
 def observe_execution(app: web.Application, mode: str, ok: bool, seconds: float) -> None:

@@ -18,10 +18,12 @@ from yarl import URL
 from edge import exchange, keys, metrics, startpage, tabs, viteguard
 from edge.auth import cross_site_upgrade
 from edge.errors import error_response
+from edge.exchange import EXCHANGES, Exchange
 from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, client_response_headers, make_peer, upstream_request_headers
 from edge.classify import DECISION, Own, Refusal, classify
 from edge.routing import Match, Redirect, Route
+from edge import websocket
 from edge.websocket import is_upgrade, relay_websocket
 
 # Upstream bodies up to this size (with a Content-Length) are read whole and sent with the head in one write.
@@ -84,38 +86,50 @@ async def proxy_session(request: web.Request, found: Match, upgrade: bool) -> we
     settings = request.app[keys.SETTINGS]
     peer = make_peer(request.remote, request.headers, request.scheme, settings.trusted_proxies)
     version = f"HTTP/{request.version.major}.{request.version.minor}"
-    flow = exchange.begin(
-        table, found, route.target, peer, method=request.method, raw_path=request.raw_path, http_version=version, headers=request.headers
+    ex = request.app[EXCHANGES].begin(
+        found, route.target, peer, method=request.method, raw_path=request.raw_path, http_version=version, headers=request.headers
     )
+    request[metrics.COUNTED] = True  # the exchange counts itself when it ends
+    status: int | None = None
     try:
         if upgrade:
-            return await relay_websocket(request, found, route, peer, flow)
-        return await forward_http(request, found, route, peer, flow)
+            response = await relay_websocket(request, found, route, peer, ex)
+        else:
+            response = await forward_http(request, found, route, peer, ex)
+        status = ex.flow.status or response.status
+        return response
+    except asyncio.CancelledError:
+        # The client left mid-answer (nginx's 499); a WebSocket keeps its status (it was a 101).
+        status = None if ex.flow.websocket and ex.flow.status else metrics.CLIENT_CLOSED
+        raise
+    except BaseException:
+        status = 500
+        raise
     finally:
-        exchange.end(table, request.app[keys.PROXY_LOG], flow)
-        metrics.flow_done(request.app, flow, request)  # a WebSocket is counted with the status its log line has
+        ex.end(status)
 
 
 def _unavailable(request: web.Request, route: Route) -> web.StreamResponse | None:
     return startpage.unavailable(request, route)  # the waiting page for site owners, 503/502 for machines
 
 
-async def forward_http(request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow) -> web.StreamResponse:
+async def forward_http(request: web.Request, found: Match, route: Route, peer: Peer, ex: Exchange) -> web.StreamResponse:
     """Forward one HTTP exchange, streaming both bodies."""
     assert route.target is not None
+    flow = ex.flow
     headers = upstream_request_headers(request.headers, route.target, peer, found.prefix, flow)
     flow.upstream_headers = headers
     try:
         # encoded=True: the raw path and query go upstream byte-identical, never re-quoted.
         upstream = await _send(request, URL(flow.upstream_url, encoded=True), headers, flow)
     except TimeoutError:
-        flow.fail(UpstreamError.TIMEOUT, "upstream timeout", 504)
+        ex.fail(UpstreamError.TIMEOUT, "upstream timeout", 504)
         return error_response(request, 504, "The preview did not answer in time.", "Try again; if it persists, restart the preview.")
     except (aiohttp.ClientError, OSError) as exc:
-        flow.fail(_unreachable_kind(exc), f"upstream unreachable: {type(exc).__name__}", 502)
+        ex.fail(_unreachable_kind(exc), f"upstream unreachable: {type(exc).__name__}", 502)
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")
 
-    metrics.upstream_head(request.app, flow)
+    ex.upstream_head()
     async with upstream:
         flow.status = upstream.status
         flow.reason = upstream.reason or ""
@@ -124,7 +138,7 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         has_body = request.method != "HEAD" and upstream.status not in (204, 304)
         length = upstream.content_length
         if has_body and length is not None and length <= SMALL_BODY and "Transfer-Encoding" not in upstream.headers:
-            return await _answer_whole(request, upstream, out_headers, flow)
+            return await _answer_whole(request, upstream, out_headers, ex)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
         flow.response_headers = response.headers
         await response.prepare(request)
@@ -134,19 +148,20 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
                     await response.write(chunk)
                     flow.bytes_out += len(chunk)
             except BROKEN_STREAM as exc:
-                return _cut(request, response, flow, exc)
+                return _cut(request, response, ex, exc)
         await response.write_eof()
         return response
 
 
 async def _answer_whole(
-    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], flow: ProxyFlow
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], ex: Exchange
 ) -> web.StreamResponse:
     """A small body of known length: read it whole and answer in one write (head and body together).
 
     If the upstream breaks off mid-body, the client gets what streaming would
     have given it: the head, the bytes that arrived, then a cut connection.
     """
+    flow = ex.flow
     chunks: list[bytes] = []
     try:
         async for chunk in upstream.content.iter_any():
@@ -158,7 +173,7 @@ async def _answer_whole(
         for chunk in chunks:
             await response.write(chunk)
             flow.bytes_out += len(chunk)
-        return _cut(request, response, flow, exc)
+        return _cut(request, response, ex, exc)
     body = b"".join(chunks)
     response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
     flow.response_headers = response.headers
@@ -171,9 +186,9 @@ def _unreachable_kind(exc: BaseException) -> UpstreamError:
     return UpstreamError.CONNECT if isinstance(exc, aiohttp.ClientConnectorError) else UpstreamError.RESET
 
 
-def _cut(request: web.Request, response: web.StreamResponse, flow: ProxyFlow, exc: BaseException) -> web.StreamResponse:
+def _cut(request: web.Request, response: web.StreamResponse, ex: Exchange, exc: BaseException) -> web.StreamResponse:
     """The status line is sent already: the only honest signal left is to cut the connection."""
-    flow.fail(UpstreamError.RESET, f"stream broke mid-body: {type(exc).__name__}")
+    ex.fail(UpstreamError.RESET, f"stream broke mid-body: {type(exc).__name__}")
     if request.transport is not None:
         request.transport.close()
     return response
@@ -209,3 +224,13 @@ async def _send(request: web.Request, url: URL, headers: CIMultiDict[str], flow:
             )
         finally:
             waiting = False
+
+
+def setup(app: web.Application) -> None:
+    """The session proxy as the app's catch-all route; its exchanges' tally folded into the metrics."""
+    exchanges = exchange.setup(app)
+    exchanges.sink = lambda tally: metrics.add_tally(app, tally)
+    metrics.before_scrape(app, exchanges.fold)
+    app.cleanup_ctx.append(exchanges.folding)
+    websocket.setup(app)
+    app.router.add_route("*", "/{tail:.*}", handle)

@@ -9,6 +9,16 @@ pong) as they are; text is never decoded. Close codes pass both ways.
 Closing is done in one place, :meth:`Relay.run`, never by the pumps:
 the upstream side first, the browser last, because closing the browser's
 connection cancels the handler (``handler_cancellation``).
+
+The hot path is a data frame crossing the relay. aiohttp's reader parses it
+into its queue and wakes a pump task, which reads and sends it: a task
+switch and two coroutine layers per message. While the relay runs, a data,
+ping or pong message is instead written to the other side as it is parsed
+(:class:`_Queue`, from the socket's own protocol callback), when nothing is
+queued before it and the other side's buffer is not full; anything else
+(close frames, errors, a full buffer) goes through the queue and the pumps
+as before, in order. This uses aiohttp internals (its queue, reader and
+frame writer: aiohttp is pinned to 3.14.x); the WebSocket tests cover it.
 """
 
 from __future__ import annotations
@@ -17,13 +27,16 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from yarl import URL
 
 from edge import keys
 from edge.errors import error_response
+from edge.exchange import Exchange
 from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, upstream_request_headers
 from edge.routing import Match, Route, SessionTable
@@ -38,6 +51,58 @@ _UNSENDABLE = {1004, 1005, 1006, 1015}
 
 BROWSER, UPSTREAM, EDGE = "browser", "upstream", "edge"
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+QUEUE_LIMIT = 2**16  # aiohttp's own for a socket's queue of received messages
+# Frames are written straight through only while the other side's buffer is below this.
+WRITE_THROUGH_LIMIT = 2**16
+_PASSED = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG)
+
+
+class _Queue(WebSocketDataQueue):
+    """aiohttp's queue of one socket's received messages, which can hand each to the relay first.
+
+    ``forward`` returns whether it took the message; a message it did not take is queued as usual.
+    """
+
+    forward: Callable[[tuple], bool] | None = None
+
+    def feed_data(self, data: tuple, size: int) -> None:  # type: ignore[override]
+        forward = self.forward
+        if forward is None or not forward(data):
+            super().feed_data(data, size)
+
+
+class _BrowserSocket(web.WebSocketResponse):
+    """The browser's socket, reading into a :class:`_Queue` (aiohttp's ``_post_start`` with that queue)."""
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer) -> None:  # type: ignore[no-untyped-def]
+        self._ws_protocol = protocol
+        self._writer = writer
+        self._reset_heartbeat()
+        assert self._loop is not None
+        self._reader = _Queue(request._protocol, QUEUE_LIMIT, loop=self._loop)
+        self._parser = WebSocketReader(self._reader, self._max_msg_size, compress=False, decode_text=self._decode_text)
+        request.protocol.set_parser(self._parser, data_received_cb=None if self._heartbeat is None else self._on_data_received)
+        request.protocol.keep_alive(False)
+
+
+class _UpstreamSocket(aiohttp.ClientWebSocketResponse):
+    """The upstream's socket, reading into a :class:`_Queue`.
+
+    aiohttp's ``ws_connect`` makes the queue, then a parser feeding it; this
+    class puts its own queue in place of the first and builds the parser on
+    it (with the relay's options: no size limit, no decoding, no compression).
+    """
+
+    def __init__(self, reader: WebSocketDataQueue, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(_Queue(reader._protocol, QUEUE_LIMIT, loop=asyncio.get_running_loop()), *args, **kwargs)
+
+    @property
+    def _parser(self) -> WebSocketReader | None:
+        return self._own_parser
+
+    @_parser.setter
+    def _parser(self, parser: WebSocketReader | None) -> None:
+        self._own_parser = None if parser is None else WebSocketReader(self._reader, 0, compress=False, decode_text=False)
 
 
 def is_upgrade(request: web.BaseRequest) -> bool:
@@ -91,15 +156,18 @@ class Relay:
             asyncio.create_task(self._pump(self.browser, self.upstream, BROWSER)),
             asyncio.create_task(self._pump(self.upstream, self.browser, UPSTREAM)),
         )
+        self._write_through(True)
         try:
             try:
                 await asyncio.wait((*pumps, self._stopped), return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 # The browser's connection dropped (or the server stopped waiting):
                 # the upstream still gets a close frame.
+                self._write_through(False)
                 self._record(End(BROWSER))
                 await self.upstream.close(code=WSCloseCode.GOING_AWAY)
                 raise
+            self._write_through(False)  # from here on, what still arrives is the closing's business
             # A stop wins: the browser must see the edge's code even if the upstream is already dying.
             end = next(f.result() for f in (self._stopped, *pumps) if f.done())
             self._record(end)
@@ -109,7 +177,41 @@ class Relay:
             # Last: closing the browser's connection cancels this handler.
             await self._close_browser(end)
         finally:
+            self._write_through(False)
             await _cancel(pumps)
+
+    def _write_through(self, on: bool) -> None:
+        """Let each side's parsed messages go straight to the other side (see the module's notes), or stop."""
+        for source, sink, inbound in ((self.browser, self.upstream, True), (self.upstream, self.browser, False)):
+            queue = source._reader
+            if isinstance(queue, _Queue):
+                queue.forward = self._forwarder(queue, sink, inbound) if on else None
+
+    def _forwarder(self, queue: _Queue, sink: Socket, inbound: bool) -> Callable[[tuple], bool]:
+        """Write one parsed message to ``sink`` now, if it may pass ahead of the pump (the hot path)."""
+        writer = sink._writer
+        assert writer is not None
+        transport, write, queued = writer.transport, writer._write_websocket_frame, queue._buffer
+        flow, touch, session_id = self.flow, self._table.touch, self._session_id
+        text, binary, passed = WSMsgType.TEXT, WSMsgType.BINARY, _PASSED
+
+        def forward(msg: tuple) -> bool:
+            kind = msg[0]
+            if kind not in passed or queued or transport.is_closing() or transport.get_write_buffer_size() > WRITE_THROUGH_LIMIT:
+                return False  # the pump takes it, after what is queued before it
+            data = msg[1]
+            write(data, kind, 0)
+            if kind is text or kind is binary:
+                if inbound:
+                    flow.messages_in += 1
+                    flow.bytes_in += len(data)
+                else:
+                    flow.messages_out += 1
+                    flow.bytes_out += len(data)
+            touch(session_id)
+            return True
+
+        return forward
 
     async def _pump(self, source: Socket, sink: Socket, side: str) -> End:
         """Copy frames from ``source`` to ``sink`` until ``source`` ends (this is the hot path)."""
@@ -227,22 +329,26 @@ class SocketRegistry:
 SOCKETS = web.AppKey("sockets", SocketRegistry)
 
 
-async def relay_websocket(request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow) -> web.StreamResponse:
-    """Connect upstream, accept the browser with the upstream's subprotocol, relay until either side closes."""
+async def relay_websocket(request: web.Request, found: Match, route: Route, peer: Peer, ex: Exchange) -> web.StreamResponse:
+    """Connect upstream, accept the browser with the upstream's subprotocol, relay until either side closes.
+
+    The exchange (:mod:`edge.exchange`) runs as long as the relay: the edge is busy while a socket is open.
+    """
     assert route.target is not None
+    flow = ex.flow
     flow.websocket = True
     protocols = tuple(
         p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in value.split(",") if p.strip()
     )
     if not web.WebSocketResponse(protocols=protocols).can_prepare(request):
-        flow.fail(None, "invalid WebSocket handshake", 400)
+        ex.fail(None, "invalid WebSocket handshake", 400)
         return error_response(request, 400, "This is not a valid WebSocket handshake.")
 
-    upstream = await _connect_upstream(request, found, route, peer, flow, protocols)
+    upstream = await _connect_upstream(request, found, route, peer, ex, protocols)
     if isinstance(upstream, web.Response):
         return upstream
 
-    browser = web.WebSocketResponse(
+    browser = _BrowserSocket(
         protocols=(upstream.protocol,) if upstream.protocol else (),
         autoping=False,
         autoclose=False,
@@ -271,16 +377,17 @@ async def relay_websocket(request: web.Request, found: Match, route: Route, peer
 
 
 async def _connect_upstream(
-    request: web.Request, found: Match, route: Route, peer: Peer, flow: ProxyFlow, protocols: tuple[str, ...]
+    request: web.Request, found: Match, route: Route, peer: Peer, ex: Exchange, protocols: tuple[str, ...]
 ) -> aiohttp.ClientWebSocketResponse | web.Response:
     """The upstream socket (offered all the browser's subprotocols), or the browser's error answer."""
     assert route.target is not None
+    flow = ex.flow
     headers = upstream_request_headers(request.headers, route.target, peer, found.prefix, flow, websocket=True)
-    url = URL(flow.upstream_url, encoded=True)  # set by edge.exchange.begin
+    url = URL(flow.upstream_url, encoded=True)  # set when the exchange began
     flow.upstream_headers = headers
     try:
         async with asyncio.timeout(request.app[keys.SETTINGS].first_byte_timeout):
-            return await request.app[keys.CLIENT].ws_connect(
+            return await request.app[CLIENT].ws_connect(
                 url,
                 method=request.method,
                 headers=headers,
@@ -294,12 +401,38 @@ async def _connect_upstream(
             )
     except aiohttp.WSServerHandshakeError as exc:
         status = exc.status if 400 <= exc.status < 600 else 502
-        flow.fail(UpstreamError.HANDSHAKE, f"upstream refused the WebSocket: {exc.status}", status)
+        ex.fail(UpstreamError.HANDSHAKE, f"upstream refused the WebSocket: {exc.status}", status)
         return error_response(request, status, f"The preview refused the WebSocket ({exc.status}).")
     except TimeoutError:
-        flow.fail(UpstreamError.TIMEOUT, "upstream WebSocket handshake timed out", 504)
+        ex.fail(UpstreamError.TIMEOUT, "upstream WebSocket handshake timed out", 504)
         return error_response(request, 504, "The preview did not answer the WebSocket handshake in time.")
     except (aiohttp.ClientError, OSError) as exc:
         kind = UpstreamError.CONNECT if isinstance(exc, aiohttp.ClientConnectorError) else UpstreamError.RESET
-        flow.fail(kind, f"upstream unreachable: {type(exc).__name__}", 502)
+        ex.fail(kind, f"upstream unreachable: {type(exc).__name__}", 502)
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")
+
+
+CLIENT = web.AppKey("websocket_client", aiohttp.ClientSession)
+
+
+async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The client for upstream sockets: the proxy's own client options, with :class:`_UpstreamSocket`."""
+    settings = app[keys.SETTINGS]
+    connector = aiohttp.TCPConnector(limit=0, force_close=True, enable_cleanup_closed=True)
+    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_connect=settings.connect_timeout)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        trust_env=False,
+        ws_response_class=_UpstreamSocket,
+    ) as client:
+        app[CLIENT] = client
+        yield
+
+
+def setup(app: web.Application) -> None:
+    """The upstream sockets' client (``relay_websocket`` connects with it)."""
+    app.cleanup_ctx.append(_client_ctx)

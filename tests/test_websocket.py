@@ -165,6 +165,33 @@ async def test_8_mib_messages_both_ways(relay, client):
         assert (await ws.receive()).data == pattern(8 * MiB + 5)
 
 
+async def test_messages_behind_a_full_buffer_keep_their_order(relay):
+    """Frames are written through as they are parsed only while nothing waits before them.
+
+    An 8 MiB message fills the edge's buffer toward a browser that reads
+    slowly, so the small ones after it go the pumps' way; none overtakes another.
+    """
+    edge, _, log = relay
+    raw = await RawClient.connect(edge.port, "/session/s1/", {"Sec-WebSocket-Protocol": "vite-hmr"})
+    try:
+        assert raw.status == 101
+        raw.send(0x1, f"!big {8 * MiB}".encode())
+        raw.send(0x1, b"!burst 300")
+        opcode, payload = await within(raw.frame())
+        assert (opcode, len(payload)) == (0x2, 8 * MiB)
+        assert payload == pattern(8 * MiB)
+        assert [await within(raw.frame()) for _ in range(300)] == [(0x1, f"m{i}".encode()) for i in range(300)]
+        raw.send(0x1, b"after")
+        assert await within(raw.frame()) == (0x1, b"after")
+        raw.send_close(1000)
+        assert await within(raw.close_frame()) == (1000, "")
+    finally:
+        await raw.aclose()
+    await until(lambda: log.recent.records)
+    record = log.recent.records[0]
+    assert (record["messagesIn"], record["messagesOut"]) == (3, 302)
+
+
 async def test_a_browser_message_over_the_cap_closes_with_1009(relay, client, monkeypatch):
     monkeypatch.setattr("edge.websocket.MAX_BROWSER_MESSAGE", MiB)
     edge, recorder, _ = relay

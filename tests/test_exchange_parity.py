@@ -22,7 +22,7 @@ from edge.idle import IDLE
 from edge.routing import Route
 from tests.conftest import free_port
 from tests.test_metrics import AUTH, TOKEN, WAIT, parse, value
-from tests.ws_upstreams import PROTOCOLS, WsUpstream
+from tests.support.websocket import PROTOCOLS, WsUpstream
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.both_paths]
 

@@ -187,7 +187,7 @@ async def test_messages_behind_a_full_buffer_keep_their_order(relay):
         assert await within(raw.close_frame()) == (1000, "")
     finally:
         await raw.aclose()
-    await until(lambda: log.recent.records)
+    await wait_until(lambda: log.recent.records, "the proxy log record", WAIT)
     record = log.recent.records[0]
     assert (record["messagesIn"], record["messagesOut"]) == (3, 302)
 

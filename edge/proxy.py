@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from edge import exchange, keys, metrics, startpage, tabs, viteguard
+from edge import exchange, hostredirect, keys, metrics, startpage, tabs, viteguard
 from edge.auth import cross_site_upgrade
 from edge.errors import error_response
 from edge.flow import ProxyFlow, UpstreamError
@@ -41,7 +41,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if found is None:  # not through the host_policy middleware
         found = classify(request.raw_path, request.method, request.headers, request.app[keys.HOSTS], upgrade=upgrade)
     if isinstance(found, Match):
-        if tabs.needs_bootstrap(found, request.headers, request.app[keys.SETTINGS].tab_isolation):
+        settings = request.app[keys.SETTINGS]
+        moved = hostredirect.location(
+            found, request.method, request.headers, settings.preview_host_redirect, settings.session_host_patterns
+        )
+        if moved is not None:
+            return redirect(moved)  # EDGE_PREVIEW_HOST_REDIRECT: a page load goes to the session's own host
+        if tabs.needs_bootstrap(found, request.headers, settings.tab_isolation):
             return tabs.bootstrap_response(found)  # per-tab sessions: a first navigation installs the tab worker
         return await proxy_session(request, found, upgrade)
     if isinstance(found, Redirect):

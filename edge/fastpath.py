@@ -150,6 +150,8 @@ class FastPath:
             found, headers, self.settings.tab_isolation
         ):
             return None
+        if tabs.prefixes_vite_client(found, self.settings.tab_isolation):
+            return None  # aiohttp's path gives Vite's client the tab's socket prefix
         if self.settings.preview_host_redirect and hostredirect.location(
             found, "GET", headers, True, self.settings.session_host_patterns
         ):

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from preview.node import npm_argv, resolve_node
 from preview.packages import PackageManager, detect, dev_script, is_plain_astro_dev
 
 PNPM_SITE = Path(__file__).resolve().parent / "sites" / "pnpm-site"
 YARN_SITE = Path(__file__).resolve().parent / "sites" / "yarn-site"
+
+
+def npm_registry() -> str:
+    """The registry npm is set to use here (``npm config get registry``), without a trailing slash."""
+    node = resolve_node("node")
+    result = subprocess.run([*npm_argv(node), "config", "get", "registry"], capture_output=True, text=True, check=True)
+    return result.stdout.strip().rstrip("/")
 
 
 def write(folder: Path, name: str, text: str = "") -> None:
@@ -94,6 +103,9 @@ async def test_a_yarn_site_installs_with_yarn_and_runs_its_own_dev_script(previe
     shutil.rmtree(thread.path / "node_modules")
     (thread.path / "package-lock.json").unlink()
     shutil.copytree(YARN_SITE, thread.path, dirs_exist_ok=True)
+    # yarn 1's lock names the registry in every entry: the committed one says REGISTRY, npm's own setting fills it in.
+    lock = thread.path / "yarn.lock"
+    lock.write_text(lock.read_text().replace('resolved "REGISTRY/', f'resolved "{npm_registry()}/'))
     edge = await preview_edge()
 
     status, body = await edge.api("POST", "start", thread, wait="400")

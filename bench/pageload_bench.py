@@ -13,7 +13,8 @@ compile and dependency optimisation are not measured). Each round uses a
 fresh browser context, so nothing is cached in the browser, and the two
 paths alternate which goes first. Per load it records the Navigation Timing
 ``loadEventEnd`` and the time until the last resource finished (after the
-network went idle). Run: ``.venv/bin/python bench/pageload_bench.py [--rounds 10]``.
+network went idle). Run: ``.venv/bin/python bench/pageload_bench.py [--rounds 10] [--site starlight]``
+(``--site``: see preview_bench.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ browser context per path:
 
 The HMR column: wall time from writing the CSS file to the ``h1``'s new
 colour in the page, through the edge (worker, HMR socket under the prefix)
-and direct. Run: ``.venv/bin/python bench/tabs_bench.py [--rounds 5]``.
+and direct (``main h1``, else the first ``h1``). Run:
+``.venv/bin/python bench/tabs_bench.py [--rounds 5] [--site starlight]`` (``--site``: see preview_bench.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ compile and dependency optimisation are not measured). Each round uses a
 fresh browser context, so nothing is cached in the browser, and the two
 paths alternate which goes first. Per load it records the Navigation Timing
 ``loadEventEnd`` and the time until the last resource finished (after the
-network went idle). Run: ``.venv/bin/python bench/pageload_bench.py [--rounds 10]``.
+network went idle). Run: ``.venv/bin/python bench/pageload_bench.py [--rounds 10] [--site starlight]``
+(``--site``: see preview_bench.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from pathlib import Path
 from playwright.async_api import Browser, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
-from preview_bench import ASTRO5, ROOT, copy_site, free_port
+import preview_bench
+from preview_bench import ROOT, SITES, astro_entry, copy_site, free_port, use_site
 from processes import Processes
 
 sys.path.insert(0, str(ROOT))  # the tests' Chromium settings are the one definition
@@ -79,9 +81,9 @@ def start_servers(procs: Processes, tmp: Path) -> tuple[int, int]:
     """``astro dev`` and the edge on free ports, the route added; returns (astro port, edge port)."""
     site = copy_site(tmp / "site", with_modules=True)
     astro_port, edge_port = free_port(), free_port()
-    node = shutil.which("node") or sys.exit("node is not on PATH")
+    node = preview_bench.BENCH_SITE.node or shutil.which("node") or sys.exit("node is not on PATH")
     procs.start(
-        "astro", [node, "node_modules/astro/astro.js", "dev", "--host", "127.0.0.1", "--port", str(astro_port)],
+        "astro", [node, astro_entry(site), "dev", "--host", "127.0.0.1", "--port", str(astro_port)],
         cwd=site,
         env={"ASTRO_DEV_BACKGROUND": "0", "ASTRO_TELEMETRY_DISABLED": "1", "ASTRO_DISABLE_UPDATE_CHECK": "true", "BROWSER": "none"},
     )
@@ -147,7 +149,7 @@ async def measure(astro_port: int, edge_port: int, rounds: int) -> dict[str, lis
 
 
 def report(results: dict[str, list[dict[str, float]]], rounds: int, loadavg: tuple[float, float, float]) -> None:
-    print(f"\nPage load in Chromium: Astro 5 dev server, {os.cpu_count()} cores, {rounds} rounds, "
+    print(f"\nPage load in Chromium: {preview_bench.BENCH_SITE.name} site, {os.cpu_count()} cores, {rounds} rounds, "
           f"load average at start {loadavg[0]:.2f} {loadavg[1]:.2f} {loadavg[2]:.2f}\n")
     print(f"{'path':8}  {'measure':24}  {'median ms':>9}  {'p90 ms':>7}  {'min':>6}  {'max':>6}  resources")
     for key, label in (("load", "loadEventEnd"), ("all", "all resources loaded")):
@@ -160,9 +162,8 @@ def report(results: dict[str, list[dict[str, float]]], rounds: int, loadavg: tup
         print(f"{'ratio':8}  {label:24}  {ratio:9.3f}  (edge / direct medians; target ≤ 1.10)\n")
 
 
-def main(rounds: int) -> None:
-    if not (ASTRO5 / "astro" / "package.json").is_file():
-        sys.exit("Astro 5 is missing: run bash scripts/setup.sh")
+def main(rounds: int, site: str = "example") -> None:
+    use_site(site)
     if not Path(CHROMIUM).exists():
         sys.exit(f"{CHROMIUM} is missing: apt-get install chromium")
     loadavg = os.getloadavg()
@@ -179,4 +180,6 @@ def main(rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
-    main(parser.parse_args().rounds)
+    parser.add_argument("--site", choices=sorted(SITES), default="example")
+    options = parser.parse_args()
+    main(options.rounds, options.site)

@@ -14,7 +14,8 @@ browser context per path:
 
 The HMR column: wall time from writing the CSS file to the ``h1``'s new
 colour in the page, through the edge (worker, HMR socket under the prefix)
-and direct. Run: ``.venv/bin/python bench/tabs_bench.py [--rounds 5]``.
+and direct (``main h1``, else the first ``h1``). Run:
+``.venv/bin/python bench/tabs_bench.py [--rounds 5] [--site starlight]`` (``--site``: see preview_bench.py).
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from playwright.async_api import Browser, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from pageload_bench import SESSION, TIMING_JS, WATCHDOG, start_servers
-from preview_bench import ASTRO5
+import preview_bench
+from preview_bench import SITES, use_site
 from processes import Processes
 
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS, PUBLIC_HOST  # noqa: E402  (pageload_bench put the root on sys.path)
 
 failures: dict[str, int] = {}
-COLOR = "() => getComputedStyle(document.querySelector('h1')).color"
+COLOR = "() => getComputedStyle(document.querySelector('main h1') || document.querySelector('h1')).color"
 
 
 async def visit(browser: Browser, url: str, css: Path, colours: list[str]) -> dict[str, float]:
@@ -95,7 +97,7 @@ async def measure(astro_port: int, edge_port: int, css: Path, rounds: int) -> di
 
 
 def report(results: dict[str, list[dict[str, float]]], rounds: int, loadavg: tuple[float, float, float]) -> None:
-    print(f"\nTab worker in Chromium: Astro 5, {os.cpu_count()} cores, {rounds} rounds, "
+    print(f"\nTab worker in Chromium: {preview_bench.BENCH_SITE.name} site, {os.cpu_count()} cores, {rounds} rounds, "
           f"load average at start {loadavg[0]:.2f} {loadavg[1]:.2f} {loadavg[2]:.2f}\n")
     print(f"{'measure':34}  {'edge median':>11}  {'direct median':>13}  {'edge/direct':>11}")
     for key, label in (("first", "first visit, wall ms"), ("load", "reload loadEventEnd ms"),
@@ -106,15 +108,14 @@ def report(results: dict[str, list[dict[str, float]]], rounds: int, loadavg: tup
     print(f"timed-out visits (not in the medians): {failures}")
 
 
-def main(rounds: int) -> None:
-    if not (ASTRO5 / "astro" / "package.json").is_file():
-        sys.exit("Astro 5 is missing: run bash scripts/setup.sh")
+def main(rounds: int, site: str = "example") -> None:
+    bench_site = use_site(site)
     loadavg = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tabs-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:
             astro_port, edge_port = start_servers(procs, Path(tmp))
-            css = Path(tmp) / "site" / "src" / "styles" / "global.css"
+            css = Path(tmp) / "site" / bench_site.css
             results = asyncio.run(asyncio.wait_for(measure(astro_port, edge_port, css, rounds), WATCHDOG))
         finally:
             procs.stop_all()
@@ -124,4 +125,6 @@ def main(rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    main(parser.parse_args().rounds)
+    parser.add_argument("--site", choices=sorted(SITES), default="example")
+    options = parser.parse_args()
+    main(options.rounds, options.site)

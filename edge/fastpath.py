@@ -42,7 +42,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from edge import exchange as exchanges
-from edge import keys, metrics, tabs, viteguard
+from edge import hostredirect, keys, metrics, tabs, viteguard
 from edge.classify import classify
 from edge.errors import raw_error, response_head
 from edge.exchange import Exchange, Tally
@@ -111,6 +111,12 @@ class FastPath:
             found, headers, self.settings.tab_isolation
         ):
             return None
+        if tabs.prefixes_vite_client(found, self.settings.tab_isolation):
+            return None  # aiohttp's path gives Vite's client the tab's socket prefix
+        if self.settings.preview_host_redirect and hostredirect.location(
+            found, "GET", headers, True, self.settings.session_host_patterns
+        ):
+            return None  # aiohttp's path answers the redirect
         route = self.table.get(found.session_id)
         if route is None or route.state is not RouteState.READY or route.target is None:
             return None

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from edge import exchange, keys, metrics, startpage, tabs, viteguard
+from edge import exchange, hostredirect, keys, metrics, startpage, tabs, viteguard
 from edge.auth import cross_site_upgrade
 from edge.errors import error_response
 from edge.exchange import EXCHANGES, Exchange
@@ -43,7 +43,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if found is None:  # not through the host_policy middleware
         found = classify(request.raw_path, request.method, request.headers, request.app[keys.HOSTS], upgrade=upgrade)
     if isinstance(found, Match):
-        if tabs.needs_bootstrap(found, request.headers, request.app[keys.SETTINGS].tab_isolation):
+        settings = request.app[keys.SETTINGS]
+        moved = hostredirect.location(
+            found, request.method, request.headers, settings.preview_host_redirect, settings.session_host_patterns
+        )
+        if moved is not None:
+            return redirect(moved)  # EDGE_PREVIEW_HOST_REDIRECT: a page load goes to the session's own host
+        if tabs.needs_bootstrap(found, request.headers, settings.tab_isolation):
             return tabs.bootstrap_response(found)  # per-tab sessions: a first navigation installs the tab worker
         return await proxy_session(request, found, upgrade)
     if isinstance(found, Redirect):
@@ -136,6 +142,10 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         flow.upstream_response_headers = upstream.headers
         out_headers = client_response_headers(upstream.headers, route.target, peer, found, flow)
         has_body = request.method != "HEAD" and upstream.status not in (204, 304)
+        if has_body and upstream.status == 200 and "Content-Encoding" not in upstream.headers and tabs.prefixes_vite_client(
+            found, request.app[keys.SETTINGS].tab_isolation
+        ):
+            return await _answer_vite_client(request, upstream, out_headers, flow, found.prefix)
         length = upstream.content_length
         if has_body and length is not None and length <= SMALL_BODY and "Transfer-Encoding" not in upstream.headers:
             return await _answer_whole(request, upstream, out_headers, ex)
@@ -175,6 +185,22 @@ async def _answer_whole(
             flow.bytes_out += len(chunk)
         return _cut(request, response, ex, exc)
     body = b"".join(chunks)
+    response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+    flow.response_headers = response.headers
+    flow.bytes_out = len(body)
+    return response
+
+
+async def _answer_vite_client(
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], flow: ProxyFlow, prefix: str
+) -> web.StreamResponse:
+    """Vite's client asked for under a session prefix: its WebSockets get the prefix (edge.tabs, per-tab sessions)."""
+    try:
+        body = tabs.vite_client_with_prefix(await upstream.read(), prefix)
+    except BROKEN_STREAM as exc:
+        flow.fail(UpstreamError.RESET, f"stream broke mid-body: {type(exc).__name__}", 502)
+        return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")
+    headers.popall("Content-Length", None)
     response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
     flow.response_headers = response.headers
     flow.bytes_out = len(body)

@@ -151,6 +151,7 @@ class Settings(ControlSettings, PreviewSettings):
     body_timeout: float = 20.0  # EDGE_BODY_TIMEOUT: seconds a request body may send nothing
     fast_path: bool = True  # EDGE_FAST_PATH=0: every request through aiohttp's server and client (edge.fastpath)
     tab_isolation: bool = True  # EDGE_TAB_ISOLATION=0: no tab worker; prefix mode routes root paths by cookie only (edge.tabs)
+    preview_host_redirect: bool = False  # EDGE_PREVIEW_HOST_REDIRECT=1: prefix page loads 307 to the session's host (edge.hostredirect)
     workers: int = 1  # EDGE_WORKERS: processes serving the port (edge.workers); more than 1 puts the fast path on more cores
     flow_log: Path | None = None
     api_token: str | None = field(default=None, repr=False)
@@ -201,6 +202,7 @@ class Settings(ControlSettings, PreviewSettings):
             body_timeout=_number(env, "EDGE_BODY_TIMEOUT", cls.body_timeout),
             fast_path=_bool(env, "EDGE_FAST_PATH", cls.fast_path),
             tab_isolation=_bool(env, "EDGE_TAB_ISOLATION", cls.tab_isolation),
+            preview_host_redirect=_bool(env, "EDGE_PREVIEW_HOST_REDIRECT", cls.preview_host_redirect),
             workers=_workers(env),
             flow_log=Path(flow_log) if flow_log else None,
             api_token=env.get("EDGE_API_TOKEN") or None,

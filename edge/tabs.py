@@ -13,10 +13,15 @@ tabs answer each other's requests. This module fixes that in the browser:
   CSS, images, fonts, ``fetch``/XHR, HMR module updates.
 - A root-absolute navigation (a link to ``/about``) from such a page gets a 307
   to ``/session/<id>/about`` (the worker knows the page from the referrer).
-- WebSockets bypass service workers, so the worker prepends a few lines to
-  Vite's client module (``/@vite/client``) that give that tab's ``WebSocket``
-  the session prefix for same-origin root URLs: the HMR socket opens at
-  ``/session/<id>/?token=…``.
+- WebSockets bypass service workers, so the edge prepends a few lines to
+  Vite's client module when it is asked for under a prefix
+  (``/session/<id>/@vite/client``, as the worker asks for it) that give that
+  tab's ``WebSocket`` the session prefix for same-origin root URLs, and puts
+  the prefix into the client's socket base (Vite 7 pings from a SharedWorker
+  the shim never sees): the HMR socket opens at ``/session/<id>/?token=…``.
+  The edge does it, not the worker, so the browser gets an ordinary response
+  it revalidates (304) and compiles from its code cache on a reload; the
+  worker rewriting ~300 kB per page load was the largest part of its cost.
 - A navigation under ``/session/<id>/`` that no worker controls (no
   ``Service-Worker-Navigation-Preload`` header, which the worker turns on) gets
   a tiny bootstrap page that registers the worker and reloads. A browser that
@@ -28,6 +33,7 @@ tabs answer each other's requests. This module fixes that in the browser:
 from __future__ import annotations
 
 import json
+import re
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -80,6 +86,39 @@ async def worker_script(request: web.Request) -> web.Response:
         content_type="text/javascript",
         headers={"Service-Worker-Allowed": "/", "Cache-Control": "no-cache"},
     )
+
+
+VITE_CLIENT = "/@vite/client"
+# Vite's client builds its socket URL (also used by its ping, which may run in a SharedWorker the shim
+# never sees) as `${host}:${port}${"<hmr base>"}`: the prefix goes into that base.
+SOCKET_BASE = re.compile(rb'(const socketHost = `[^`\n]*\$\{)"(/[^"]*)"(\}`)')
+
+
+def prefixes_vite_client(found: Match, enabled: bool) -> bool:
+    """Whether this request is for Vite's client under a session prefix (the edge adds the socket prefix)."""
+    return enabled and found.kind is MatchKind.PREFIX and found.upstream_path.partition("?")[0] == VITE_CLIENT
+
+
+def vite_client_with_prefix(body: bytes, prefix: str) -> bytes:
+    """Vite's client whose WebSockets to this origin open under ``prefix``.
+
+    The same upstream body always gives the same result for one prefix (which
+    is in the URL), so Vite's ``ETag`` still names it and revalidation works.
+    """
+    base = lambda m: m.group(1) + json.dumps(prefix + m.group(2).decode()).encode() + m.group(3)  # noqa: E731
+    return SOCKET_SHIM.replace("__PREFIX__", json.dumps(prefix)).encode() + SOCKET_BASE.sub(base, body, count=1)
+
+
+# WebSockets never pass through a service worker: give this tab's sockets the session prefix instead.
+SOCKET_SHIM = (
+    ";(() => { const P = __PREFIX__, W = globalThis.WebSocket;"
+    " if (!W || W.edgeTab) return;"
+    " class EdgeTabWebSocket extends W { constructor(url, protocols) {"
+    " const u = new URL(url, location.href);"
+    ' if (u.host === location.host && !u.pathname.startsWith("/session/")) u.pathname = P + u.pathname;'
+    " super(u.href, protocols); } }"
+    " EdgeTabWebSocket.edgeTab = true; globalThis.WebSocket = EdgeTabWebSocket; })();"
+)
 
 
 def setup(app: web.Application) -> None:
@@ -150,8 +189,15 @@ self.addEventListener("fetch", (event) => {
   }
 });
 
+function remember(clientId, session) {
+  if (!clientId || !session) return;
+  if (pages.size > 500) pages.clear();
+  pages.set(clientId, session);
+}
+
 function onNavigate(event, url) {
   const request = event.request;
+  remember(event.resultingClientId, sessionOf(url.href));  // the page's requests then need no clients.get()
   const session = isEdgePath(url.pathname) ? null : sessionOf(request.referrer);
   if (session) {
     // A root-absolute link from a page of a session: into that session.
@@ -177,21 +223,23 @@ async function navigate(event) {
   return fetch(request.url, init);
 }
 
-async function pageSession(clientId) {
+// The page's session: from the referrer when it names one (the page, or a module loaded under the prefix),
+// else from what the tab's navigation said, else (a page loaded before this worker) from the client's URL.
+async function pageSession(event) {
+  const named = sessionOf(event.request.referrer);
+  if (named) return named;
+  const clientId = event.clientId;
   if (!clientId) return null;
   if (pages.has(clientId)) return pages.get(clientId);
   const client = await self.clients.get(clientId);
   const session = client ? sessionOf(client.url) : null;
-  if (session) {
-    if (pages.size > 500) pages.clear();
-    pages.set(clientId, session);
-  }
+  remember(clientId, session);
   return session;
 }
 
 async function subresource(event, url) {
   const request = event.request;
-  const session = await pageSession(event.clientId);
+  const session = await pageSession(event);
   if (!session) return fetch(request);
   const init = {
     method: request.method,
@@ -206,33 +254,6 @@ async function subresource(event, url) {
     signal: request.signal,
   };
   if (request.method !== "GET" && request.method !== "HEAD") init.body = await request.arrayBuffer();
-  const response = await fetch(`/session/${session}${url.pathname}${url.search}`, init);
-  if (url.pathname === "/@vite/client" && response.status === 200) return withSocketPrefix(response, session);
-  return response;
-}
-
-// WebSockets never pass through a service worker: give this tab's sockets the session prefix instead.
-function socketShim(prefix) {
-  return `;(() => { const P = ${JSON.stringify(prefix)}, W = globalThis.WebSocket;` +
-    ` if (!W || W.edgeTab) return;` +
-    ` class EdgeTabWebSocket extends W { constructor(url, protocols) {` +
-    ` const u = new URL(url, location.href);` +
-    ` if (u.host === location.host && !u.pathname.startsWith("/session/")) u.pathname = P + u.pathname;` +
-    ` super(u.href, protocols); } }` +
-    ` EdgeTabWebSocket.edgeTab = true; globalThis.WebSocket = EdgeTabWebSocket; })();`;
-}
-
-// Vite's client builds its socket URL (also used by its ping, which may run in a SharedWorker the shim
-// never sees) as `${host}:${port}${"<hmr base>"}`: put the prefix into that base.
-const SOCKET_BASE = /(const socketHost = `[^`\n]*\$\{)"(\/[^"]*)"(\}`)/;
-
-async function withSocketPrefix(response, session) {
-  const prefix = `/session/${session}`;
-  const text = (await response.text()).replace(SOCKET_BASE, (all, head, base, tail) => head + JSON.stringify(prefix + base) + tail);
-  const headers = new Headers(response.headers);
-  headers.delete("Content-Length");
-  headers.delete("Content-Encoding");
-  headers.delete("ETag");
-  return new Response(socketShim(prefix) + text, { status: 200, statusText: response.statusText, headers });
+  return fetch(`/session/${session}${url.pathname}${url.search}`, init);  // /@vite/client: the edge adds the socket prefix
 }
 """

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from preview.node import npm_argv, resolve_node
 from preview.packages import PackageManager, detect, dev_script, is_plain_astro_dev
 
 PNPM_SITE = Path(__file__).resolve().parent / "sites" / "pnpm-site"
+YARN_SITE = Path(__file__).resolve().parent / "sites" / "yarn-site"
+
+
+def npm_registry() -> str:
+    """The registry npm is set to use here (``npm config get registry``), without a trailing slash."""
+    node = resolve_node("node")
+    result = subprocess.run([*npm_argv(node), "config", "get", "registry"], capture_output=True, text=True, check=True)
+    return result.stdout.strip().rstrip("/")
 
 
 def write(folder: Path, name: str, text: str = "") -> None:
@@ -85,3 +95,35 @@ async def test_a_pnpm_site_installs_with_pnpm_and_runs_its_own_dev_script(previe
     status, _ = await edge.api("POST", "stop", thread)
     status, health, _ = await edge.get("/health")
     assert json.loads(health)["previewsRunning"] == 0
+
+
+@pytest.mark.astro
+async def test_a_yarn_site_installs_with_yarn_and_runs_its_own_dev_script(preview_edge, make_thread):
+    thread = make_thread("t1")
+    shutil.rmtree(thread.path / "node_modules")
+    (thread.path / "package-lock.json").unlink()
+    shutil.copytree(YARN_SITE, thread.path, dirs_exist_ok=True)
+    # yarn 1's lock names the registry in every entry: the committed one says REGISTRY, npm's own setting fills it in.
+    lock = thread.path / "yarn.lock"
+    lock.write_text(lock.read_text().replace('resolved "REGISTRY/', f'resolved "{npm_registry()}/'))
+    edge = await preview_edge()
+
+    status, body = await edge.api("POST", "start", thread, wait="400")
+    assert status == 200, body
+    assert body["packageManager"] == "yarn@1.22.22"
+    assert body["devCommand"] == "the site's dev script through yarn@1.22.22: node scripts/generate.mjs && astro dev"
+    assert body["dependencies"] == "installed"
+    assert (thread.path / "node_modules" / ".yarn-integrity").is_file()  # yarn 1's install, not npm's
+    assert not (thread.path / "package-lock.json").exists()
+    log = "\n".join(edge.supervisor.log_lines(thread.session_id, 400))
+    assert "installing dependencies with yarn@1.22.22 from yarn.lock: yarn install --frozen-lockfile" in log
+
+    # yarn ran the dev script (its user agent reaches the script) before Astro: the generated file is served.
+    status, text, headers = await edge.get(f"/session/{thread.session_id}/generated/stamp.txt")
+    assert status == 200, text
+    assert text.startswith("made by the site's dev script, run by yarn/1.22.22, with node v")
+    assert headers["X-Edge-Session"] == thread.session_id
+    status, text, _ = await edge.get(f"/session/{thread.session_id}/")
+    assert status == 200 and "Welcome to Amelia's site" in text
+    status, _ = await edge.api("POST", "stop", thread)
+    assert status == 200

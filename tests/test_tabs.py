@@ -80,3 +80,51 @@ async def test_the_worker_may_control_the_whole_origin(one_session, client):
         assert resp.headers["Content-Type"].startswith("text/javascript")
         assert resp.headers["Service-Worker-Allowed"] == "/"
         assert "navigationPreload" in await resp.text()
+
+
+VITE_CLIENT = (
+    "import '/@vite/env';\n"
+    "const socketHost = `${null || importMetaUrl.hostname}:${hmrPort || importMetaUrl.port}${\"/\"}`;\n"
+    "const later = `${\"/\"}`;\n" + "//# sourceMappingURL=data:application/json;base64," + "A" * 100_000 + "\n"
+)
+
+
+def vite_upstream():
+    from aiohttp import web
+
+    async def client_module(request):
+        if request.headers.get("If-None-Match") == 'W/"v1"':
+            return web.Response(status=304, headers={"ETag": 'W/"v1"'})
+        return web.Response(text=VITE_CLIENT, content_type="text/javascript", headers={"ETag": 'W/"v1"', "Cache-Control": "no-cache"})
+
+    app = web.Application()
+    app.router.add_get("/@vite/client", client_module)
+    return app
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_vite_client_under_a_prefix_gets_the_tabs_socket_prefix(edge, serve, client, fast_path):
+    upstream = await serve(vite_upstream())
+    server = await edge(fast_path=fast_path)
+    await add_route(server.origin, "abc", upstream.origin)
+    async with client.get(server.url("/session/abc/@vite/client")) as resp:
+        body = await resp.text()
+        assert resp.status == 200
+        assert resp.headers["ETag"] == 'W/"v1"'  # the same upstream body always gives the same rewrite for this URL
+        assert int(resp.headers["Content-Length"]) == len(body.encode())
+    # The socket base (also used by Vite 7's ping from a SharedWorker) and the shim for this tab's sockets.
+    assert '${"/session/abc/"}`;' in body and 'const later = `${"/"}`;' in body  # only the socket line
+    assert body.startswith(';(() => { const P = "/session/abc", W = globalThis.WebSocket;')
+    assert body.endswith("A" * 100_000 + "\n")
+    async with client.get(server.url("/session/abc/@vite/client"), headers={"If-None-Match": 'W/"v1"'}) as resp:
+        assert resp.status == 304  # a reload revalidates it
+
+    # Without a prefix (cookie or host mode) or without the tab worker, Vite's client passes untouched.
+    async with client.get(server.url("/@vite/client"), headers={"Cookie": "edge_session=abc"}) as resp:
+        assert await resp.text() == VITE_CLIENT
+    async with client.get(server.url("/@vite/client"), headers={"Host": f"abc.localhost:{server.port}"}) as resp:
+        assert await resp.text() == VITE_CLIENT
+    plain = await edge(fast_path=fast_path, tab_isolation=False)
+    await add_route(plain.origin, "abc", upstream.origin)
+    async with client.get(plain.url("/session/abc/@vite/client")) as resp:
+        assert await resp.text() == VITE_CLIENT

@@ -22,6 +22,7 @@ from edge.idle import IDLE
 from edge.routing import Route
 from tests.conftest import free_port
 from tests.test_metrics import AUTH, TOKEN, WAIT, parse, value
+from tests.support.polling import wait_until
 from tests.support.websocket import PROTOCOLS, WsUpstream
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.both_paths]
@@ -42,13 +43,6 @@ def held_upstream(arrived: asyncio.Event, release: asyncio.Event) -> web.Applica
     app.router.add_get("/held", held)
     app.router.add_get("/{tail:.*}", page)
     return app
-
-
-async def until(condition, timeout: float = 10.0) -> None:
-    """Wait for a condition another task makes true (no fixed sleeps)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def scrape(client: aiohttp.ClientSession, server) -> dict:
@@ -90,7 +84,7 @@ async def test_the_same_exchanges_count_and_hold_the_edge_alike_on_both_paths(ed
         async with await held as resp:
             assert resp.status == 200
             assert await resp.text() == "released"
-        await until(lambda: watch.in_flight == 0)
+        await wait_until(lambda: watch.in_flight == 0, "no exchange in flight")
         assert watch.last_request > before_end
         assert table.last_activity["ok"] > before_session
 
@@ -105,7 +99,7 @@ async def test_the_same_exchanges_count_and_hold_the_edge_alike_on_both_paths(ed
             await ws.send_str("ping")
             assert (await ws.receive(timeout=10)).data == "ping"
             assert watch.in_flight == 1
-        await until(lambda: watch.in_flight == 0)
+        await wait_until(lambda: watch.in_flight == 0, "no exchange in flight")
 
         samples = await scrape(client, server)
 

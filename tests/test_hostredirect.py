@@ -6,7 +6,8 @@ import aiohttp
 import pytest
 
 from edge.settings import Settings
-from tests.upstreams import SEEN, add_route, upstream_app
+from tests.support.routes import post_route
+from tests.support.upstreams import SEEN, upstream_app
 
 NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Accept": "text/html"}
 PLAIN_HTTP_PAGE = {"Upgrade-Insecure-Requests": "1", "Accept": "text/html,application/xhtml+xml"}  # no Fetch Metadata
@@ -22,7 +23,7 @@ async def client():
 async def redirecting(edge, serve, request):
     upstream = await serve(upstream_app())
     server = await edge(preview_host_redirect=True, fast_path=request.param)
-    await add_route(server.origin, "abc", upstream.origin)
+    await post_route(server.origin, "abc", upstream.origin)
     return server, upstream
 
 
@@ -80,7 +81,7 @@ async def test_only_page_loads_are_redirected(redirecting, client, method, path,
 async def test_an_id_that_is_no_host_label_stays_in_prefix_mode(edge, serve, client, session_id):
     upstream = await serve(upstream_app())
     server = await edge(preview_host_redirect=True)
-    await add_route(server.origin, session_id, upstream.origin)
+    await post_route(server.origin, session_id, upstream.origin)
     headers = {**NAVIGATE, "Service-Worker-Navigation-Preload": "true"}  # past the tab worker's bootstrap
     async with client.get(server.url(f"/session/{session_id}/page"), headers=headers, allow_redirects=False) as resp:
         assert resp.status == 200
@@ -91,7 +92,7 @@ async def test_off_by_default_and_without_session_host_patterns(edge, serve, cli
     upstream = await serve(upstream_app())
     for overrides in ({}, {"preview_host_redirect": True, "session_host_patterns": ()}):
         server = await edge(**overrides)
-        await add_route(server.origin, "abc", upstream.origin)
+        await post_route(server.origin, "abc", upstream.origin)
         async with client.get(server.url("/session/abc/page"), headers=NAVIGATE, allow_redirects=False) as resp:
             assert resp.status == 200
             assert resp.headers["X-Edge-Tab-Bootstrap"] == "1"  # prefix mode as before: the tab worker's page

@@ -106,7 +106,7 @@ def vite_upstream():
 async def test_vite_client_under_a_prefix_gets_the_tabs_socket_prefix(edge, serve, client, fast_path):
     upstream = await serve(vite_upstream())
     server = await edge(fast_path=fast_path)
-    await add_route(server.origin, "abc", upstream.origin)
+    await post_route(server.origin, "abc", upstream.origin)
     async with client.get(server.url("/session/abc/@vite/client")) as resp:
         body = await resp.text()
         assert resp.status == 200
@@ -125,6 +125,6 @@ async def test_vite_client_under_a_prefix_gets_the_tabs_socket_prefix(edge, serv
     async with client.get(server.url("/@vite/client"), headers={"Host": f"abc.localhost:{server.port}"}) as resp:
         assert await resp.text() == VITE_CLIENT
     plain = await edge(fast_path=fast_path, tab_isolation=False)
-    await add_route(plain.origin, "abc", upstream.origin)
+    await post_route(plain.origin, "abc", upstream.origin)
     async with client.get(plain.url("/session/abc/@vite/client")) as resp:
         assert await resp.text() == VITE_CLIENT

@@ -67,8 +67,8 @@ def _flag(body: dict, name: str, default: bool) -> bool:
 def _ready(app: web.Application, key: ThreadRef) -> None:
     """404 (or 409 while /api/init runs) before anything starts on a thread that is not there."""
     ws = app[WORKSPACES]
-    if not (ws.thread_path(*key) / ".git").is_file():
-        raise ws.not_ready(*key)
+    if not (ws.thread_path(key) / ".git").is_file():
+        raise ws.not_ready(key)
 
 
 def _known_session(request: web.Request) -> ThreadRef:

@@ -376,9 +376,9 @@ class Runner:
 
     async def _execute(self, run: Run, begin: float) -> dict:
         c, u, t = run.key
-        async with self.ws.thread_lock(c, u, t):
-            worktree = await self.ws.open_thread(c, u, t)
-            context = read_json_file(self.ws.context_path(c, u, t)) or {}
+        async with self.ws.thread_lock(run.key):
+            worktree = await self.ws.open_thread(run.key)
+            context = read_json_file(self.ws.context_path(run.key)) or {}
             before = await self._snapshot(worktree)
             request = RunRequest(
                 instruction=run.instruction,
@@ -475,7 +475,7 @@ class Runner:
         return result
 
     def _record(self, run: Run, outcome: RunResult, result: dict) -> None:
-        path = self.ws.context_path(*run.key)
+        path = self.ws.context_path(run.key)
         context = read_json_file(path) or {}
         entries = context.get("instructions") if isinstance(context.get("instructions"), list) else []
         commit = result.get("commit") or {}

@@ -69,7 +69,7 @@ async def thread_status(request: web.Request) -> web.Response:
             "clientId": c,
             "userId": u,
             "threadId": t,
-            "workspace": {"path": str(ws.thread_path(c, u, t)), "branch": git.get("branch")},
+            "workspace": {"path": str(ws.thread_path(ThreadRef(c, u, t))), "branch": git.get("branch")},
             "git": git,
             "preview": previews.status(sid) if previews is not None else {"state": "stopped"},
         }

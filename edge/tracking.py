@@ -74,7 +74,7 @@ class SessionTracker:
     # -- what a session looks like now ----------------------------------------------------
 
     def status(self, session: ThreadSession) -> str:
-        state = self.workspaces.state(session.client_id, session.user_id, session.thread_id)
+        state = self.workspaces.state(ThreadRef(session.client_id, session.user_id, session.thread_id))
         if state is not None and state.active:
             return "initializing"
         if state is not None and state.status == "error":

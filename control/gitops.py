@@ -24,7 +24,7 @@ CHANGE_KINDS = ("modified", "added", "deleted", "untracked", "conflicted")
 
 async def status(ws: Workspaces, key: ThreadRef) -> dict:
     """Branch, cleanliness, ahead/behind and changes by kind (no lock: read-only, no optional locks)."""
-    client_id, user_id, thread_id = key
+    client_id, user_id, _ = key
     worktree = ws.thread_path(key)
     if not (worktree / ".git").is_file():
         raise ws.not_ready(key)
@@ -164,7 +164,7 @@ async def commit(ws: Workspaces, key: ThreadRef, message: str) -> dict:
 
 async def push(ws: Workspaces, key: ThreadRef, force: bool) -> dict:
     """Push the thread's branch (with upstream); protected branches are refused."""
-    client_id, user_id, thread_id = key
+    client_id, user_id, _ = key
     async with ws.thread_lock(key):
         worktree = await ws.open_thread(key)
         return await _push(ws, client_id, user_id, worktree, force=force)
@@ -214,7 +214,7 @@ async def pull(ws: Workspaces, key: ThreadRef, branch: str | None) -> dict:
     Needs no uncommitted changes to tracked files, so an aborted merge restores
     exactly the state before it; a conflict is aborted and answered with 409.
     """
-    client_id, user_id, thread_id = key
+    client_id, user_id, _ = key
     async with ws.thread_lock(key):
         worktree = await ws.open_thread(key)
         current = await ws.current_branch(worktree)
@@ -283,7 +283,7 @@ async def _undo_merge(ws: Workspaces, worktree: Path, before: str | None, output
 
 async def fetch(ws: Workspaces, key: ThreadRef) -> dict:
     """Update the remote-tracking branches of the user's clone, then report the thread's status."""
-    client_id, user_id, thread_id = key
+    client_id, user_id, _ = key
     worktree = ws.thread_path(key)
     if not (worktree / ".git").is_file():
         raise ws.not_ready(key)
@@ -301,7 +301,7 @@ async def switch_branch(
     ws: Workspaces, key: ThreadRef, branch: str, create: bool
 ) -> dict:
     """Put the thread's worktree on ``branch`` (new from HEAD with ``create``); changes are kept or git refuses."""
-    client_id, user_id, thread_id = key
+    client_id, user_id, _ = key
     branch = check_branch(branch)
     async with ws.thread_lock(key):
         worktree = await ws.open_thread(key)

@@ -392,7 +392,7 @@ class Workspaces:
         Call with the thread lock held: then no git of ours works in it, and a
         lock file left there is one a killed process could not delete.
         """
-        client_id, user_id, thread_id = key
+        client_id, user_id, _ = key
         worktree = self.thread_path(key)
         if not (worktree / ".git").is_file():
             raise self.not_ready(key)

@@ -91,8 +91,8 @@ async def init_status(request: web.Request) -> web.Response:
     """``GET /api/init/<c>/<u>/<t>``: the thread's init status (``cloning`` with git's progress) and context."""
     ws, key = _thread(request)
     c, u, t = key
-    state = ws.state(c, u, t)
-    context = read_json_file(ws.context_path(c, u, t))
+    state = ws.state(key)
+    context = read_json_file(ws.context_path(key))
     if state is None and context is None:
         raise NotFound(f"thread {t!r} of {c}/{u} is not initialised")
     context = context or {}

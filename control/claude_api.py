@@ -67,8 +67,8 @@ def _flag(body: dict, name: str, default: bool) -> bool:
 def _ready(app: web.Application, key: ThreadRef) -> None:
     """404 (or 409 while /api/init runs) before anything starts on a thread that is not there."""
     ws = app[WORKSPACES]
-    if not (ws.thread_path(*key) / ".git").is_file():
-        raise ws.not_ready(*key)
+    if not (ws.thread_path(key) / ".git").is_file():
+        raise ws.not_ready(key)
 
 
 def _known_session(request: web.Request) -> ThreadRef:
@@ -191,7 +191,7 @@ async def execute(request: web.Request) -> web.StreamResponse:
             check_thread_id(body.get("threadId", settings.default_thread_id)),
         )
     _ready(request.app, key)
-    run = request.app[RUNNER].start(*key, instruction, plan_only=(mode or "").lower() in PLAN_WORDS, auto_commit=auto_commit)
+    run = request.app[RUNNER].start(key, instruction, plan_only=(mode or "").lower() in PLAN_WORDS, auto_commit=auto_commit)
     return await _answer(request, run, _hermes)  # Hermes' first call reads the same fields as its later ones
 
 
@@ -209,7 +209,7 @@ async def hermes_execute(request: web.Request) -> web.StreamResponse:
         check_session_name(session_id)
     key = await request.app[THREADS].hermes_session(session_id, public_origin(request), email)
     _ready(request.app, key)
-    run = request.app[RUNNER].start(*key, instruction, plan_only=planning, auto_commit=auto_commit)
+    run = request.app[RUNNER].start(key, instruction, plan_only=planning, auto_commit=auto_commit)
     return await _answer(request, run, _hermes, "result")
 
 
@@ -244,7 +244,7 @@ async def cancel(request: web.Request) -> web.Response:
     """``POST /api/claude/<sessionId>/cancel``: stop the running execution and wait until it has stopped."""
     key = _known_session(request)
     await read_json_body(request, MAX_BODY)
-    run = request.app[RUNNER].active(*key)
+    run = request.app[RUNNER].active(key)
     if run is None or not run.cancel():
         return ok({"cancelled": False, "message": "no execution is running on this thread", "threadId": key[2]})
     result = await asyncio.shield(run.task)  # type: ignore[arg-type]
@@ -255,7 +255,7 @@ async def status(request: web.Request) -> web.Response:
     """``GET /api/claude/<sessionId>/status``: the running execution, if any, and its events so far."""
     key = _known_session(request)
     runner = request.app[RUNNER]
-    run = runner.active(*key)
+    run = runner.active(key)
     if run is None:
         last = runner.last_result(key)
         return ok({

@@ -24,10 +24,10 @@ CHANGE_KINDS = ("modified", "added", "deleted", "untracked", "conflicted")
 
 async def status(ws: Workspaces, key: ThreadRef) -> dict:
     """Branch, cleanliness, ahead/behind and changes by kind (no lock: read-only, no optional locks)."""
-    client_id, user_id, thread_id = key
-    worktree = ws.thread_path(client_id, user_id, thread_id)
+    client_id, user_id, _ = key
+    worktree = ws.thread_path(key)
     if not (worktree / ".git").is_file():
-        raise ws.not_ready(client_id, user_id, thread_id)
+        raise ws.not_ready(key)
     return await _status(ws, client_id, user_id, worktree)
 
 
@@ -123,8 +123,8 @@ def _kind(xy: str) -> str:
 async def commit(ws: Workspaces, key: ThreadRef, message: str) -> dict:
     """Commit every change in the worktree with a ``Thread-ID`` trailer (then push if GIT_AUTO_PUSH)."""
     client_id, user_id, thread_id = key
-    async with ws.thread_lock(client_id, user_id, thread_id):
-        worktree = await ws.open_thread(client_id, user_id, thread_id)
+    async with ws.thread_lock(key):
+        worktree = await ws.open_thread(key)
         try:
             await ws.git.run(["add", "--all"], cwd=worktree)
             staged = await ws.git.run(["diff", "--cached", "--name-only", "--no-ext-diff", "-z"], cwd=worktree)
@@ -164,9 +164,9 @@ async def commit(ws: Workspaces, key: ThreadRef, message: str) -> dict:
 
 async def push(ws: Workspaces, key: ThreadRef, force: bool) -> dict:
     """Push the thread's branch (with upstream); protected branches are refused."""
-    client_id, user_id, thread_id = key
-    async with ws.thread_lock(client_id, user_id, thread_id):
-        worktree = await ws.open_thread(client_id, user_id, thread_id)
+    client_id, user_id, _ = key
+    async with ws.thread_lock(key):
+        worktree = await ws.open_thread(key)
         return await _push(ws, client_id, user_id, worktree, force=force)
 
 
@@ -214,9 +214,9 @@ async def pull(ws: Workspaces, key: ThreadRef, branch: str | None) -> dict:
     Needs no uncommitted changes to tracked files, so an aborted merge restores
     exactly the state before it; a conflict is aborted and answered with 409.
     """
-    client_id, user_id, thread_id = key
-    async with ws.thread_lock(client_id, user_id, thread_id):
-        worktree = await ws.open_thread(client_id, user_id, thread_id)
+    client_id, user_id, _ = key
+    async with ws.thread_lock(key):
+        worktree = await ws.open_thread(key)
         current = await ws.current_branch(worktree)
         source = check_branch(branch) if branch is not None else current
         if source is None:
@@ -283,10 +283,10 @@ async def _undo_merge(ws: Workspaces, worktree: Path, before: str | None, output
 
 async def fetch(ws: Workspaces, key: ThreadRef) -> dict:
     """Update the remote-tracking branches of the user's clone, then report the thread's status."""
-    client_id, user_id, thread_id = key
-    worktree = ws.thread_path(client_id, user_id, thread_id)
+    client_id, user_id, _ = key
+    worktree = ws.thread_path(key)
     if not (worktree / ".git").is_file():
-        raise ws.not_ready(client_id, user_id, thread_id)
+        raise ws.not_ready(key)
     async with ws.user_lock(client_id, user_id):
         ws.clear_shared_locks(client_id, user_id)
         await ws.checked_origin(client_id, user_id)
@@ -301,10 +301,10 @@ async def switch_branch(
     ws: Workspaces, key: ThreadRef, branch: str, create: bool
 ) -> dict:
     """Put the thread's worktree on ``branch`` (new from HEAD with ``create``); changes are kept or git refuses."""
-    client_id, user_id, thread_id = key
+    client_id, user_id, _ = key
     branch = check_branch(branch)
-    async with ws.thread_lock(client_id, user_id, thread_id):
-        worktree = await ws.open_thread(client_id, user_id, thread_id)
+    async with ws.thread_lock(key):
+        worktree = await ws.open_thread(key)
         previous = await ws.current_branch(worktree)
         if previous == branch and not create:
             return {"switched": False, "created": False, "branch": branch, "previousBranch": previous}
@@ -345,13 +345,14 @@ async def switch_branch(
                     "switching would overwrite uncommitted changes; commit first", details=exc.summary
                 ) from None
             raise git_failure(exc, "branch") from None
-        _remember_branch(ws, client_id, user_id, thread_id, branch)
+        _remember_branch(ws, key, branch)
         return {"switched": True, "created": create or not exists, "branch": branch, "previousBranch": previous}
 
 
-def _remember_branch(ws: Workspaces, client_id: str, user_id: str, thread_id: str, branch: str) -> None:
+def _remember_branch(ws: Workspaces, key: ThreadRef, branch: str) -> None:
+    client_id, user_id, thread_id = key
     ws.registry.update(ws.registry.session_id_of(client_id, user_id, thread_id), branch=branch)
-    path = ws.context_path(client_id, user_id, thread_id)
+    path = ws.context_path(key)
     context = read_json_file(path)
     if context is not None:
         context["branch"] = branch

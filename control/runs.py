@@ -296,15 +296,17 @@ class Runner:
         """Whether any run is still going (idle shutdown waits for it)."""
         return bool(self._tasks)
 
-    def active(self, client_id: str, user_id: str, thread_id: str) -> Run | None:
-        return self._active.get((client_id, user_id, thread_id))
+    def active(self, key: ThreadRef) -> Run | None:
+        """The thread's running run, if any."""
+        return self._active.get(key)
 
     def last_result(self, key: ThreadRef) -> dict | None:
         """The thread's last finished run since the edge started (Hermes' status after an ``inProgress``)."""
-        return self._last.get(tuple(key))  # type: ignore[arg-type]
+        return self._last.get(key)
 
-    def check_idle(self, client_id: str, user_id: str, thread_id: str) -> None:
-        running = self.active(client_id, user_id, thread_id)
+    def check_idle(self, key: ThreadRef) -> None:
+        """409 when Claude is already working on the thread."""
+        running = self.active(key)
         if running is not None:
             raise Conflict(
                 "Claude is already working on this thread; wait for it, or cancel it",
@@ -314,12 +316,12 @@ class Runner:
             )
 
     def start(
-        self, client_id: str, user_id: str, thread_id: str, instruction: str, *,
+        self, key: ThreadRef, instruction: str, *,
         plan_only: bool = False, auto_commit: bool = True, approved_plan: str | None = None,
     ) -> Run:
         """Start a run now (synchronously claims the thread: a second start gets 409)."""
-        self.check_idle(client_id, user_id, thread_id)
-        run = Run(secrets.token_hex(8), client_id, user_id, thread_id, instruction, plan_only, auto_commit, approved_plan)
+        self.check_idle(key)
+        run = Run(secrets.token_hex(8), *key, instruction, plan_only, auto_commit, approved_plan)
         self._active[run.key] = run
         run.task = asyncio.ensure_future(self._run(run))
         self._tasks.add(run.task)
@@ -329,9 +331,9 @@ class Runner:
     def approve(self, token: object, key: ThreadRef) -> Run:
         """Execute exactly the stored plan (the plan is spent only when the run starts)."""
         plan = self.plans.resolve(token, key)
-        self.check_idle(*key)
+        self.check_idle(key)
         self.plans.mark(plan, "approved")
-        return self.start(*key, plan.instruction, auto_commit=plan.auto_commit, approved_plan=plan.plan)
+        return self.start(key, plan.instruction, auto_commit=plan.auto_commit, approved_plan=plan.plan)
 
     def reject(self, token: object, key: ThreadRef) -> Plan:
         plan = self.plans.resolve(token, key)
@@ -376,9 +378,9 @@ class Runner:
 
     async def _execute(self, run: Run, begin: float) -> dict:
         c, u, t = run.key
-        async with self.ws.thread_lock(c, u, t):
-            worktree = await self.ws.open_thread(c, u, t)
-            context = read_json_file(self.ws.context_path(c, u, t)) or {}
+        async with self.ws.thread_lock(run.key):
+            worktree = await self.ws.open_thread(run.key)
+            context = read_json_file(self.ws.context_path(run.key)) or {}
             before = await self._snapshot(worktree)
             request = RunRequest(
                 instruction=run.instruction,
@@ -475,7 +477,7 @@ class Runner:
         return result
 
     def _record(self, run: Run, outcome: RunResult, result: dict) -> None:
-        path = self.ws.context_path(*run.key)
+        path = self.ws.context_path(run.key)
         context = read_json_file(path) or {}
         entries = context.get("instructions") if isinstance(context.get("instructions"), list) else []
         commit = result.get("commit") or {}

@@ -25,6 +25,41 @@ ClientOrigin = Callable[[web.Request], str]
 
 
 @dataclass(frozen=True)
+class SessionView:
+    """A session as the API shows it: its thread, where it works, its state now and its last use."""
+
+    key: ThreadRef
+    session_id: str
+    repo_url: str  # without credentials
+    branch: str
+    worktree: str
+    status: str  # initializing, error, ready or idle
+    preview_url: str | None
+    preview_state: str  # the preview supervisor's state
+    route_state: str | None  # the session table's route, if any
+    created: str | None  # ISO-8601 to the second
+    last_activity: str | None
+    last_activity_epoch: float
+
+    def as_json(self) -> dict:
+        return {
+            "sessionId": self.session_id,
+            "clientId": self.key.client_id,
+            "userId": self.key.user_id,
+            "threadId": self.key.thread_id,
+            "repoUrl": self.repo_url,
+            "branch": self.branch,
+            "worktree": self.worktree,
+            "status": self.status,
+            "previewUrl": self.preview_url,
+            "preview": {"state": self.preview_state, "route": self.route_state},
+            "created": self.created,
+            "lastActivity": self.last_activity,
+            "lastActivityEpoch": self.last_activity_epoch,
+        }
+
+
+@dataclass(frozen=True)
 class EndedSession:
     """What ending a session did."""
 
@@ -39,7 +74,7 @@ class EndedSession:
 class SessionService(Protocol):
     """Sessions as the API shows them, and the one place that ends a session."""
 
-    def view(self, session: ThreadSession) -> dict:
+    def view(self, session: ThreadSession) -> SessionView:
         """A session as the API lists it."""
         ...
 

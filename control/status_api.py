@@ -60,7 +60,7 @@ async def thread_status(request: web.Request) -> web.Response:
     sid = registry.session_id_of(c, u, t)
     git = await gitops.status(ws, ThreadRef(c, u, t))  # 404 (or 409 while initialising) for an unknown thread
     session = registry.get(sid)
-    view = sessions.view(session) if session is not None else {"sessionId": sid, "status": "ready"}
+    view = sessions.view(session).as_json() if session is not None else {"sessionId": sid, "status": "ready"}
     previews = request.app.get(PREVIEWS)
     return web.json_response(
         {
@@ -69,7 +69,7 @@ async def thread_status(request: web.Request) -> web.Response:
             "clientId": c,
             "userId": u,
             "threadId": t,
-            "workspace": {"path": str(ws.thread_path(c, u, t)), "branch": git.get("branch")},
+            "workspace": {"path": str(ws.thread_path(ThreadRef(c, u, t))), "branch": git.get("branch")},
             "git": git,
             "preview": previews.status(sid) if previews is not None else {"state": "stopped"},
         }
@@ -89,7 +89,7 @@ async def list_sessions(request: web.Request) -> web.Response:
             continue
         if since is not None and sessions.last_activity(session) >= since:
             continue
-        views.append(sessions.view(session))
+        views.append(sessions.view(session).as_json())
     return web.json_response({"success": True, "count": len(views), "sessions": views})
 
 
@@ -104,7 +104,7 @@ async def get_session(request: web.Request) -> web.Response:
     session = request.app[REGISTRY].get(_session_id(request))
     if session is None:
         raise NotFound(f"no session {request.match_info['session_id']!r}")
-    return web.json_response({"success": True, **request.app[SESSION_SERVICE].view(session)})
+    return web.json_response({"success": True, **request.app[SESSION_SERVICE].view(session).as_json()})
 
 
 async def delete_session(request: web.Request) -> web.Response:

@@ -107,7 +107,7 @@ class ThreadOpener:
         """Open the thread unless it is there (or being opened: then wait for that)."""
         ws = self.app[WORKSPACES]
         registered = ws.registry.find(*key)
-        if registered is not None and (ws.thread_path(*key) / ".git").is_file():
+        if registered is not None and (ws.thread_path(key) / ".git").is_file():
             return
         running = self._opening.get(key)
         if running is None:

@@ -111,12 +111,14 @@ class Workspaces:
     def project_dir(self, client_id: str, user_id: str) -> Path:
         return self.user_dir(client_id, user_id) / "project"
 
-    def thread_path(self, client_id: str, user_id: str, thread_id: str) -> Path:
+    def thread_path(self, key: ThreadRef) -> Path:
         """The worktree folder of a thread (whether or not it exists yet)."""
+        client_id, user_id, thread_id = key
         thread = ThreadRef(check_id("clientId", client_id), check_id("userId", user_id), check_thread_id(thread_id))
         return thread_folder(self.root, thread)
 
-    def context_path(self, client_id: str, user_id: str, thread_id: str) -> Path:
+    def context_path(self, key: ThreadRef) -> Path:
+        client_id, user_id, thread_id = key
         return self.user_dir(client_id, user_id) / ".claude" / "threads" / f"{check_thread_id(thread_id)}.json"
 
     def metadata_path(self, client_id: str, user_id: str) -> Path:
@@ -128,8 +130,9 @@ class Workspaces:
         """The lock for work on a user's shared clone (take a thread lock first, if any)."""
         return self._lock(self._user_locks, (client_id, user_id))
 
-    def thread_lock(self, client_id: str, user_id: str, thread_id: str) -> asyncio.Lock:
+    def thread_lock(self, key: ThreadRef) -> asyncio.Lock:
         """The lock that serialises git operations and Claude runs in one thread's worktree."""
+        client_id, user_id, thread_id = key
         return self._lock(self._thread_locks, (client_id, user_id, thread_id))
 
     @staticmethod
@@ -139,8 +142,9 @@ class Workspaces:
             lock = table[key] = asyncio.Lock()
         return lock
 
-    def state(self, client_id: str, user_id: str, thread_id: str) -> ThreadState | None:
+    def state(self, key: ThreadRef) -> ThreadState | None:
         """What the last ``/api/init`` of this thread is doing or did (since the edge started)."""
+        client_id, user_id, thread_id = key
         return self._states.get((client_id, user_id, thread_id))
 
     async def run_detached(self, work: Awaitable[T]) -> T:
@@ -152,9 +156,9 @@ class Workspaces:
 
     async def remove_worktree(self, key: ThreadRef) -> bool:
         """``git worktree remove --force`` of the thread's worktree (the path comes from the ids, not a file)."""
-        worktree = self.thread_path(*key)
+        worktree = self.thread_path(key)
         project = self.project_dir(key.client_id, key.user_id)
-        async with self.thread_lock(*key):
+        async with self.thread_lock(key):
             async with self.user_lock(key.client_id, key.user_id):
                 if not (project / ".git").is_dir() or not worktree.exists():
                     return False
@@ -216,7 +220,7 @@ class Workspaces:
         session_id = self.check_session_id(client_id, user_id, thread_id, session_id)
         state = self._states[(client_id, user_id, thread_id)] = ThreadState("waiting")
         try:
-            async with self.thread_lock(client_id, user_id, thread_id):
+            async with self.thread_lock(ThreadRef(client_id, user_id, thread_id)):
                 async with self.user_lock(client_id, user_id):
                     state.set("initializing")
                     origin, cloned = await self._ensure_project(client_id, user_id, repo, state)
@@ -288,7 +292,7 @@ class Workspaces:
         self, client_id: str, user_id: str, thread_id: str, *, fresh: bool, start_point: str | None = None
     ) -> tuple[str, bool]:
         project = self.project_dir(client_id, user_id)
-        worktree = self.thread_path(client_id, user_id, thread_id)
+        worktree = self.thread_path(ThreadRef(client_id, user_id, thread_id))
         branch = thread_branch(thread_id)
         remove_half_worktree(worktree, project / ".git")
         await self.git.run(["worktree", "prune"], cwd=project)
@@ -352,7 +356,7 @@ class Workspaces:
         user_email: str = "",
     ) -> ThreadSession:
         now = time.time()
-        worktree = str(self.thread_path(client_id, user_id, thread_id))
+        worktree = str(self.thread_path(ThreadRef(client_id, user_id, thread_id)))
         entry = ThreadSession(
             session_id, client_id, user_id, thread_id, branch, origin, worktree, now, now, user_email=user_email
         )
@@ -360,7 +364,7 @@ class Workspaces:
             session = self.registry.put(entry)
         except ValueError as exc:  # a concurrent init named the thread or the session otherwise
             raise Conflict(str(exc)) from None
-        context_path = self.context_path(client_id, user_id, thread_id)
+        context_path = self.context_path(ThreadRef(client_id, user_id, thread_id))
         context = read_json_file(context_path) or {"created": now}
         context.update(
             threadId=thread_id,
@@ -382,15 +386,16 @@ class Workspaces:
 
     # Helpers for git operations ------------------------------------------
 
-    async def open_thread(self, client_id: str, user_id: str, thread_id: str) -> Path:
+    async def open_thread(self, key: ThreadRef) -> Path:
         """The worktree of an initialised thread, with stale lock files removed.
 
         Call with the thread lock held: then no git of ours works in it, and a
         lock file left there is one a killed process could not delete.
         """
-        worktree = self.thread_path(client_id, user_id, thread_id)
+        client_id, user_id, _ = key
+        worktree = self.thread_path(key)
         if not (worktree / ".git").is_file():
-            raise self.not_ready(client_id, user_id, thread_id)
+            raise self.not_ready(key)
         common = self.project_dir(client_id, user_id) / ".git"
         admin = worktree_admin_dir(worktree, common)
         if admin is not None:
@@ -404,8 +409,9 @@ class Workspaces:
             remove_stale_locks(locks, worktree)
         return worktree
 
-    def not_ready(self, client_id: str, user_id: str, thread_id: str) -> DomainError:
-        state = self.state(client_id, user_id, thread_id)
+    def not_ready(self, key: ThreadRef) -> DomainError:
+        client_id, user_id, thread_id = key
+        state = self.state(key)
         if state is not None and state.active:
             return Conflict(
                 "the thread is being initialised; try again when /api/init has answered", **state.as_json()

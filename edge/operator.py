@@ -123,19 +123,19 @@ def _session_rows(app: web.Application) -> tuple[list[str], bool]:
     rows = []
     for sid in ids:
         entry = entries.get(sid)
-        view = tracker.view(entry) if tracker is not None and entry is not None else {}
+        view = tracker.view(entry) if tracker is not None and entry is not None else None
         preview = supervisor.status(sid) if supervisor is not None else {"state": "—"}
         busy = busy or preview.get("state") in BUSY_STATES
         route = table.get(sid)
         route_text = f"{route.state.value} → {route.target}" if route and route.target else (route.state.value if route else "—")
         owner = f"{entry.client_id}/{entry.user_id}/{entry.thread_id}" if entry else "(not registered)"
-        activity = view.get("lastActivityEpoch") or (entry.last_activity if entry else 0.0)
+        activity = (view.last_activity_epoch if view else 0.0) or (entry.last_activity if entry else 0.0)
         rows.append(
             "<tr>"
             f'<td><a href="/_edge/sessions/{esc(sid)}"><code>{esc(sid)}</code></a></td>'
             f"<td>{esc(owner)}</td>"
             f"<td><code>{esc(entry.branch if entry else '')}</code></td>"
-            f"<td>{_state(view.get('status') or (entry.status if entry else None))}</td>"
+            f"<td>{_state((view.status if view else None) or (entry.status if entry else None))}</td>"
             f"<td>{_state(preview.get('state'))}"
             + (f' <span class="bad">{esc(preview.get("error"))}</span>' if preview.get("error") else "")
             + f"</td><td><code>{esc(route_text)}</code></td>"

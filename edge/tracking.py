@@ -22,7 +22,7 @@ from aiohttp import web
 
 from control.dynamo import DYNAMO, DynamoWriter, session_item
 from control.runs import RUNNER
-from control.services import SESSION_SERVICE, EndedSession
+from control.services import SESSION_SERVICE, EndedSession, SessionView
 from control.sessions import REGISTRY, SessionRegistry, ThreadSession
 from control.workspaces import WORKSPACES, Workspaces
 from core.ids import ThreadRef, is_valid_id
@@ -74,7 +74,7 @@ class SessionTracker:
     # -- what a session looks like now ----------------------------------------------------
 
     def status(self, session: ThreadSession) -> str:
-        state = self.workspaces.state(session.client_id, session.user_id, session.thread_id)
+        state = self.workspaces.state(ThreadRef(session.client_id, session.user_id, session.thread_id))
         if state is not None and state.active:
             return "initializing"
         if state is not None and state.status == "error":
@@ -92,24 +92,24 @@ class SessionTracker:
         preview = previews.get(session_id) if previews is not None else None
         return preview.state.value if preview is not None else PreviewState.STOPPED.value
 
-    def view(self, session: ThreadSession) -> dict:
+    def view(self, session: ThreadSession) -> SessionView:
         """A session as the API lists it."""
         route = self.table.get(session.session_id)
-        return {
-            "sessionId": session.session_id,
-            "clientId": session.client_id,
-            "userId": session.user_id,
-            "threadId": session.thread_id,
-            "repoUrl": self.workspaces.git.scrub(session.repo_url),
-            "branch": session.branch,
-            "worktree": session.worktree,
-            "status": self.status(session),
-            "previewUrl": session.preview_url or None,
-            "preview": {"state": self.preview_state(session.session_id), "route": route.state.value if route else None},
-            "created": iso_seconds(session.created),
-            "lastActivity": iso_seconds(self.last_activity(session)),
-            "lastActivityEpoch": round(self.last_activity(session), 3),
-        }
+        last = self.last_activity(session)
+        return SessionView(
+            ThreadRef(session.client_id, session.user_id, session.thread_id),
+            session.session_id,
+            repo_url=self.workspaces.git.scrub(session.repo_url),
+            branch=session.branch,
+            worktree=session.worktree,
+            status=self.status(session),
+            preview_url=session.preview_url or None,
+            preview_state=self.preview_state(session.session_id),
+            route_state=route.state.value if route else None,
+            created=iso_seconds(session.created),
+            last_activity=iso_seconds(last),
+            last_activity_epoch=round(last, 3),
+        )
 
     # -- DynamoDB -------------------------------------------------------------------------
 

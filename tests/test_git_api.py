@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from control.workspaces import WORKSPACES
+from core.ids import ThreadRef
 from tests.fixtures_git import git
 
 
@@ -247,8 +248,8 @@ async def test_the_thread_lock_serialises_one_thread_but_not_others(git_edge, re
     await asyncio.gather(api.init(t="a", repo_url=remote.url), api.init(t="b", repo_url=remote.url))
     ws = api.app[WORKSPACES]
     for thread in ("a", "b"):
-        (ws.thread_path("c1", "u1", thread) / "x.txt").write_text(thread)
-    async with ws.thread_lock("c1", "u1", "a"):  # as a Claude run on thread a would
+        (ws.thread_path(ThreadRef("c1", "u1", thread)) / "x.txt").write_text(thread)
+    async with ws.thread_lock(ThreadRef("c1", "u1", "a")):  # as a Claude run on thread a would
         blocked = asyncio.create_task(api.git("commit", t="a", body={"message": "a"}))
         other = await api.git("commit", t="b", body={"message": "b"})
         assert other.status == 200 and other.body["committed"] is True

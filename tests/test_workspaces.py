@@ -16,7 +16,7 @@ from control.repourl import RepoUrlError, parse_repo_url, pull_request_url
 from control.sessions import REGISTRY, SECRET_FILE, SessionRegistry, ThreadSession, session_id_for
 from control.workspaces import WORKSPACES
 from core.errors import Invalid
-from core.ids import is_session_id
+from core.ids import ThreadRef, is_session_id
 from tests.fixtures_git import git
 from tests.support.polling import wait_until
 
@@ -61,7 +61,7 @@ async def test_init_clones_once_and_gives_each_thread_its_worktree(git_edge, rem
     assert metadata["repoUrl"] == remote.url and metadata["defaultBranch"] == "main"
 
     # The public Python API: worktree from (c, u, t), and the registry, also as reloaded from disk.
-    assert api.app[WORKSPACES].thread_path("c1", "u1", "t1") == worktree
+    assert api.app[WORKSPACES].thread_path(ThreadRef("c1", "u1", "t1")) == worktree
     entry = api.app[REGISTRY].get(session_id)
     assert entry is not None and (entry.thread_id, entry.worktree) == ("t1", str(worktree))
     reloaded = SessionRegistry(settings.workspace_path).get(session_id)
@@ -381,10 +381,10 @@ def test_thread_path_checks_ids(settings):
     from control.workspaces import Workspaces
 
     ws = Workspaces(settings, SessionRegistry(settings.workspace_path))
-    assert ws.thread_path("c", "u", "t") == settings.workspace_path.absolute() / "c" / "u" / "threads" / "t"
+    assert ws.thread_path(ThreadRef("c", "u", "t")) == settings.workspace_path.absolute() / "c" / "u" / "threads" / "t"
     for bad in ("..", "../x", "/abs", "-x"):
         with pytest.raises(Invalid):
-            ws.thread_path("c", "u", bad)
+            ws.thread_path(ThreadRef("c", "u", bad))
 
 
 async def test_an_init_goes_on_when_the_caller_disconnects(git_edge, git_http, settings):

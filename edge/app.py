@@ -27,6 +27,7 @@ from edge.hostpolicy import HostPolicy
 from edge.proxylog import JsonLines, ProxyLog
 from edge.routing import Match, MatchKind, Route, SessionTable
 from edge.settings import Settings
+from edge.upstream import upstream_client
 from edge.websocket import SOCKETS, SocketRegistry, is_upgrade
 from preview import supervisor_ctx as preview_ctx
 
@@ -52,17 +53,9 @@ async def host_policy(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
+    """The client the proxy forwards HTTP requests with (kept-alive connections to dev servers)."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_connect=settings.connect_timeout)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        trust_env=False,
-    ) as client:
+    async with upstream_client(app[keys.SETTINGS].connect_timeout, connector) as client:
         app[keys.CLIENT] = client
         yield
 

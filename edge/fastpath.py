@@ -49,7 +49,7 @@ from edge.exchange import Exchange, Tally
 from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, client_address, client_response_headers, make_peer, upstream_request_headers
 from edge.connguard import Admission, ConnectionGuard, peer_address
-from edge.limits import HEAD_LIMITS
+from edge.headlimits import HEAD_LIMITS
 from edge.routing import Match, Route, RouteState
 
 log = logging.getLogger("edge.fastpath")

@@ -18,7 +18,7 @@ protocol with these additions, and :class:`EdgeSite` listens with it:
   at the cap the connection that least looks like a working client makes
   room, and health checks have a reserve (:class:`edge.connguard.ConnectionGuard`).
 * a deadline between request-body bytes (``EDGE_BODY_TIMEOUT``, also the guard's).
-* the head limits of :data:`HEAD_LIMITS`, and parser errors answered in the
+* the head limits of :data:`edge.headlimits.HEAD_LIMITS`, and parser errors answered in the
   edge's error shape with one rate-limited log line.
 
 Idle kept-alive connections are closed by aiohttp's own ``keepalive_timeout``
@@ -38,7 +38,6 @@ import asyncio
 import logging
 import re
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import HttpVersion11, web
@@ -49,6 +48,7 @@ from aiohttp.web_server import Server
 from edge.connguard import Admission, ConnectionGuard, is_health_check, peer_address
 from edge.errors import error_page, raw_error
 from edge.headers import client_address
+from edge.headlimits import HEAD_LIMITS
 
 if TYPE_CHECKING:
     from edge.fastpath import FastPath
@@ -56,17 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class HeadLimits:
-    """The limits on a request head, the same on every path (:mod:`edge.fastpath` hands over what exceeds them)."""
-
-    max_line_size: int = 8190  # the request target (aiohttp's default)
-    max_field_size: int = 8190  # one header's name and value together (aiohttp's default)
-    max_headers: int = 128  # header fields (aiohttp's default)
-    max_head: int = 16 * 1024  # the whole head, request line to blank line
-
-
-HEAD_LIMITS = HeadLimits()
 _ACCEPT = re.compile(rb"\r\naccept[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 _FORWARDED_FOR = re.compile(rb"\r\nx-forwarded-for[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 

@@ -40,6 +40,7 @@ from edge.exchange import Exchange
 from edge.flow import ProxyFlow, UpstreamError
 from edge.headers import Peer, upstream_request_headers
 from edge.routing import Match, Route, SessionTable
+from edge.upstream import upstream_client
 
 # The largest message a browser may send: what Vite's own server (the `ws`
 # library's maxPayload) accepts. Upstream messages are not capped.
@@ -417,18 +418,8 @@ CLIENT = web.AppKey("websocket_client", aiohttp.ClientSession)
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     """The client for upstream sockets: the proxy's own client options, with :class:`_UpstreamSocket`."""
-    settings = app[keys.SETTINGS]
     connector = aiohttp.TCPConnector(limit=0, force_close=True, enable_cleanup_closed=True)
-    timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_connect=settings.connect_timeout)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        trust_env=False,
-        ws_response_class=_UpstreamSocket,
-    ) as client:
+    async with upstream_client(app[keys.SETTINGS].connect_timeout, connector, ws_response_class=_UpstreamSocket) as client:
         app[CLIENT] = client
         yield
 

@@ -64,6 +64,25 @@ def test_dev_scripts_and_their_arguments(tmp_path):
     assert PackageManager("pnpm", "10", None).run_args("dev", "--port", "1") == ["run", "dev", "--port", "1"]
 
 
+async def _starts_with_its_own_manager_and_dev_script(edge, thread, manager: str, install: str, stamp: str) -> None:
+    """Start the preview: the lock file's manager installs, the site's dev script runs before Astro, the page serves."""
+    status, body = await edge.api("POST", "start", thread, wait="400")
+    assert status == 200, body
+    assert body["packageManager"] == manager
+    assert body["devCommand"] == f"the site's dev script through {manager}: node scripts/generate.mjs && astro dev"
+    assert body["dependencies"] == "installed"
+    log = "\n".join(edge.supervisor.log_lines(thread.session_id, 400))
+    assert f"installing dependencies with {manager} from {install}" in log
+
+    # The dev script ran before Astro (with the edge's host and port): its generated file is served.
+    status, text, headers = await edge.get(f"/session/{thread.session_id}/generated/stamp.txt")
+    assert status == 200, text
+    assert text.startswith(stamp)
+    assert headers["X-Edge-Session"] == thread.session_id
+    status, text, _ = await edge.get(f"/session/{thread.session_id}/")
+    assert status == 200 and "Welcome to Amelia's site" in text
+
+
 @pytest.mark.astro
 async def test_a_pnpm_site_installs_with_pnpm_and_runs_its_own_dev_script(preview_edge, make_thread):
     thread = make_thread("t1")
@@ -72,22 +91,10 @@ async def test_a_pnpm_site_installs_with_pnpm_and_runs_its_own_dev_script(previe
     shutil.copytree(PNPM_SITE, thread.path, dirs_exist_ok=True)
     edge = await preview_edge()
 
-    status, body = await edge.api("POST", "start", thread, wait="400")
-    assert status == 200, body
-    assert body["packageManager"] == "pnpm@10.34.9"
-    assert body["devCommand"] == "the site's dev script through pnpm@10.34.9: node scripts/generate.mjs && astro dev"
-    assert body["dependencies"] == "installed"
+    await _starts_with_its_own_manager_and_dev_script(
+        edge, thread, "pnpm@10.34.9", "pnpm-lock.yaml: pnpm install --frozen-lockfile", "made by the site's dev script with node v"
+    )
     assert (thread.path / "node_modules" / ".pnpm").is_dir()  # pnpm's layout, not npm's
-    log = "\n".join(edge.supervisor.log_lines(thread.session_id, 400))
-    assert "installing dependencies with pnpm@10.34.9 from pnpm-lock.yaml: pnpm install --frozen-lockfile" in log
-
-    # The dev script ran before Astro (with the edge's host and port): its generated file is served.
-    status, text, headers = await edge.get(f"/session/{thread.session_id}/generated/stamp.txt")
-    assert status == 200, text
-    assert text.startswith("made by the site's dev script with node v")
-    assert headers["X-Edge-Session"] == thread.session_id
-    status, text, _ = await edge.get(f"/session/{thread.session_id}/")
-    assert status == 200 and "Welcome to Amelia's site" in text
 
     # /health counts this dev server (npm, sh and node under the package manager are one preview).
     status, health, _ = await edge.get("/health")
@@ -108,22 +115,11 @@ async def test_a_yarn_site_installs_with_yarn_and_runs_its_own_dev_script(previe
     lock.write_text(lock.read_text().replace('resolved "REGISTRY/', f'resolved "{npm_registry()}/'))
     edge = await preview_edge()
 
-    status, body = await edge.api("POST", "start", thread, wait="400")
-    assert status == 200, body
-    assert body["packageManager"] == "yarn@1.22.22"
-    assert body["devCommand"] == "the site's dev script through yarn@1.22.22: node scripts/generate.mjs && astro dev"
-    assert body["dependencies"] == "installed"
+    # yarn runs the dev script (its user agent reaches the script and the stamp).
+    await _starts_with_its_own_manager_and_dev_script(
+        edge, thread, "yarn@1.22.22", "yarn.lock: yarn install --frozen-lockfile", "made by the site's dev script, run by yarn/1.22.22, with node v"
+    )
     assert (thread.path / "node_modules" / ".yarn-integrity").is_file()  # yarn 1's install, not npm's
     assert not (thread.path / "package-lock.json").exists()
-    log = "\n".join(edge.supervisor.log_lines(thread.session_id, 400))
-    assert "installing dependencies with yarn@1.22.22 from yarn.lock: yarn install --frozen-lockfile" in log
-
-    # yarn ran the dev script (its user agent reaches the script) before Astro: the generated file is served.
-    status, text, headers = await edge.get(f"/session/{thread.session_id}/generated/stamp.txt")
-    assert status == 200, text
-    assert text.startswith("made by the site's dev script, run by yarn/1.22.22, with node v")
-    assert headers["X-Edge-Session"] == thread.session_id
-    status, text, _ = await edge.get(f"/session/{thread.session_id}/")
-    assert status == 200 and "Welcome to Amelia's site" in text
     status, _ = await edge.api("POST", "stop", thread)
     assert status == 200

@@ -93,7 +93,12 @@ class FakeDynamo:
         })
 
     def wait_item(self, session_id: str, check=lambda item: item is not None, timeout: float = 30.0) -> dict | None:
-        """The item once ``check(item)`` holds (a bounded wait: the writer is asynchronous)."""
+        """The item once ``check(item)`` holds (a bounded wait: the writer is asynchronous).
+
+        moto applies an UpdateItem's SET actions one at a time, so a read that
+        races a write can see a new item without all its attributes yet:
+        ``check`` must not assume an attribute is there.
+        """
         item: dict | None = None
 
         def matched() -> tuple[dict | None] | None:

@@ -21,7 +21,7 @@ async def test_items_follow_the_session_life(git_edge, remote, dynamodb):
     assert init.status == 200, init.text
     sid = init.body["sessionId"]
 
-    item = await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "active")
+    item = await _item(dynamodb, sid, lambda i: (i or {}).get("status") == "active")
     assert item["clientId"] == "c1" and item["userId"] == "u1" and item["threadId"] == "t1"
     assert item["editBranch"] == "thread-t1" and item["createdAt"].endswith("Z")
     assert item["previewUrl"] == f"{api.origin}/session/{sid}/"
@@ -38,25 +38,25 @@ async def test_items_follow_the_session_life(git_edge, remote, dynamodb):
     assert later["status"] == "active" and later["ttl"] >= item["ttl"]
 
     await api.app[TRACKER].mark_all_idle()  # what the idle shutdown does first
-    await _item(dynamodb, sid, lambda i: i["status"] == "expired")
+    await _item(dynamodb, sid, lambda i: (i or {}).get("status") == "expired")
     assert dynamodb.active() == []
 
     # A removed session stays in Hermes' table, expired (the edge never deletes Hermes' items).
     assert (await api.call("DELETE", f"/api/sessions/{sid}")).status == 200
-    await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "expired")
+    await _item(dynamodb, sid, lambda i: (i or {}).get("status") == "expired")
 
 
 async def test_a_failed_init_is_an_error_item(git_edge, remote, dynamodb):
     api = await git_edge(dynamodb_table=dynamodb.table)
     answer = await api.init(t="t9", repo_url=remote.url + "-missing")
     assert answer.status >= 400
-    await _item(dynamodb, api.app[REGISTRY].session_id_of("c1", "u1", "t9"), lambda i: i is not None and i["status"] == "expired")
+    await _item(dynamodb, api.app[REGISTRY].session_id_of("c1", "u1", "t9"), lambda i: (i or {}).get("status") == "expired")
 
 
 async def test_requests_succeed_while_dynamodb_is_down_and_writes_land_later(git_edge, remote, dynamodb):
     api = await git_edge(dynamodb_table=dynamodb.table, dynamodb_heartbeat_seconds=0.2)
     first = await api.init(t="t1", repo_url=remote.url)
-    await _item(dynamodb, first.body["sessionId"], lambda i: i is not None and i["status"] == "active")
+    await _item(dynamodb, first.body["sessionId"], lambda i: (i or {}).get("status") == "active")
     writer = api.app[DYNAMO]
 
     dynamodb.stop()
@@ -70,6 +70,6 @@ async def test_requests_succeed_while_dynamodb_is_down_and_writes_land_later(git
     assert writer.pending >= 1
 
     dynamodb.start()
-    item = await _item(dynamodb, sid, lambda i: i is not None and i["status"] == "active")
+    item = await _item(dynamodb, sid, lambda i: (i or {}).get("status") == "active")
     assert item["threadId"] == "t2"
     await wait_until(lambda: writer.pending == 0, "the queued update written", 30)

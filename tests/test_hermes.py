@@ -307,7 +307,7 @@ async def test_the_edge_updates_hermes_items_in_place(hermes_edge, dynamodb, ser
     status, answer = await hermes.instruction(sid, "make it blue", email=email)
     assert status == 200, answer
 
-    item = await asyncio.to_thread(dynamodb.wait_item, sid, lambda i: i is not None and i["status"] == "active")
+    item = await asyncio.to_thread(dynamodb.wait_item, sid, lambda i: (i or {}).get("status") == "active")
     assert item["userId"] == email  # Hermes' item, not a second one
     assert item["hermesOwn"] == "kept" and item["createdAt"] == "2026-12-01T10:00:00.000Z"
     assert item["threadId"] == "thread-1a2b3c4d" and item["clientId"] == "amelia"  # Hermes' values survive
@@ -328,9 +328,9 @@ async def test_sigterm_marks_served_sessions_expired(hermes_edge, dynamodb):
     hermes, server = await hermes_edge(dynamodb_table=dynamodb.table)
     sid = str(uuid.uuid4())
     assert (await hermes.instruction(sid, "x"))[0] == 200
-    await asyncio.to_thread(dynamodb.wait_item, sid, lambda i: i is not None and i["status"] == "active")
+    await asyncio.to_thread(dynamodb.wait_item, sid, lambda i: (i or {}).get("status") == "active")
     await server.runner.cleanup()  # what SIGTERM ends in
-    item = await asyncio.to_thread(dynamodb.wait_item, sid, lambda i: i is not None and i["status"] == "expired")
+    item = await asyncio.to_thread(dynamodb.wait_item, sid, lambda i: (i or {}).get("status") == "expired")
     assert item["userId"] == "owner@example.com"
 
 

@@ -80,7 +80,7 @@ def _known_session(request: web.Request) -> ThreadRef:
             f"Session not found: {session_id!r} is not a session of this editing environment",
             hint="a session starts with POST /api/claude/<sessionId>/execute or /api/init",
         )
-    return ThreadRef(*session.key)
+    return session.thread
 
 
 def _user_email(body: dict) -> str:

@@ -350,8 +350,7 @@ async def switch_branch(
 
 
 def _remember_branch(ws: Workspaces, key: ThreadRef, branch: str) -> None:
-    client_id, user_id, thread_id = key
-    ws.registry.update(ws.registry.session_id_of(client_id, user_id, thread_id), branch=branch)
+    ws.registry.update(ws.registry.session_id_of(key), branch=branch)
     path = ws.context_path(key)
     context = read_json_file(path)
     if context is not None:

@@ -462,7 +462,7 @@ class Runner:
             "clientId": run.client_id,
             "userId": run.user_id,
             "threadId": run.thread_id,
-            "sessionId": self.ws.registry.session_id_of(*run.key),
+            "sessionId": self.ws.registry.session_id_of(run.key),
             "planOnly": run.plan_only,
             "commit": commit,
             "cancelled": run.cancel_requested and not outcome.success,

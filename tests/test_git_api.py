@@ -273,7 +273,7 @@ async def test_branch_endpoint_creates_and_switches(git_edge, remote, git_home):
         "previousBranch": "thread-t1",
     }
     assert git(["symbolic-ref", "--short", "HEAD"], worktree, git_home).strip() == "feature/pages"
-    assert api.app[WORKSPACES].registry.find("c1", "u1", "t1").branch == "feature/pages"
+    assert api.app[WORKSPACES].registry.find(ThreadRef("c1", "u1", "t1")).branch == "feature/pages"
     back = await api.git("branch", body={"branch": "thread-t1"})
     assert back.status == 200 and back.body["created"] is False
     from_remote = await api.git("branch", body={"branch": "develop"})

@@ -431,7 +431,7 @@ class Runner:
 
     async def _commit(self, run: Run) -> dict:
         try:
-            return await gitops.commit(self.ws, run.key, commit_message(run.instruction))
+            return (await gitops.commit(self.ws, run.key, commit_message(run.instruction))).as_json()
         except DomainError as exc:
             return {"committed": False, "commitError": exc.message}
 

@@ -70,8 +70,8 @@ async def thread_status(request: web.Request) -> web.Response:
             "clientId": c,
             "userId": u,
             "threadId": t,
-            "workspace": {"path": str(ws.thread_path(ThreadRef(c, u, t))), "branch": git.get("branch")},
-            "git": git,
+            "workspace": {"path": str(ws.thread_path(ThreadRef(c, u, t))), "branch": git.branch},
+            "git": git.as_json(),
             "preview": previews.status(sid) if previews is not None else {"state": "stopped"},
         }
     )

@@ -28,7 +28,7 @@ import re
 import secrets
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -72,6 +72,79 @@ def commit_message(instruction: str) -> str:
     return "Claude: " + (line if len(line) <= budget else line[: budget - 1].rstrip() + "…")
 
 
+@dataclass(frozen=True)
+class PlanOffer:
+    """A plan a plan-only run proposes, and the token that approves it."""
+
+    plan: str
+    plan_id: str
+    approval_token: str
+    expires_at: str
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a finished run did: its outcome, the files it changed, its commit, its HTTP status."""
+
+    success: bool
+    output: str
+    summary: str
+    file_changes: list[dict]  # {"file": ..., "action": "added" | "modified" | "deleted" | "reverted"}
+    mode: str
+    duration_ms: int
+    run_id: str
+    started_at: str
+    thread: ThreadRef
+    session_id: str
+    plan_only: bool
+    commit: dict | None  # the commit's JSON, or {"committed": False, "commitError": ...}
+    cancelled: bool
+    status: int
+    error: str | None = None
+    agent_session_id: str | None = None
+    cost_usd: float | None = None
+    plan: PlanOffer | None = None
+
+    @property
+    def files_changed(self) -> list[str]:
+        return [change["file"] for change in self.file_changes]
+
+    def as_json(self) -> dict:
+        """The API's shape (keys in the order clients have always seen; ``status`` is the HTTP status)."""
+        data = {
+            "success": self.success,
+            "output": self.output,
+            "summary": self.summary,
+            "filesChanged": self.files_changed,
+            "changes": [change_line(change) for change in self.file_changes],
+            "fileChanges": self.file_changes,
+            "mode": self.mode,
+            "durationMs": self.duration_ms,
+            "runId": self.run_id,
+            "startedAt": self.started_at,
+            "clientId": self.thread.client_id,
+            "userId": self.thread.user_id,
+            "threadId": self.thread.thread_id,
+            "sessionId": self.session_id,
+            "planOnly": self.plan_only,
+            "commit": self.commit,
+            "cancelled": self.cancelled,
+            "status": self.status,
+        }
+        if self.error:
+            data["error"] = self.error
+        if self.agent_session_id:
+            data["agentSessionId"] = self.agent_session_id
+        if self.cost_usd is not None:
+            data["costUsd"] = self.cost_usd
+        if self.plan is not None:
+            data.update(
+                plan=self.plan.plan, planId=self.plan.plan_id, approvalToken=self.plan.approval_token,
+                requiresApproval=True, expiresAt=self.plan.expires_at, summary=PLAN_SUMMARY,
+            )
+        return data
+
+
 @dataclass
 class Run:
     """One execution on one thread, and the events it produced so far."""
@@ -86,7 +159,7 @@ class Run:
     approved_plan: str | None = None
     started: float = field(default_factory=time.time)
     events: list[dict] = field(default_factory=list)
-    result: dict | None = None
+    result: RunReport | None = None
     task: asyncio.Task | None = None
     exec_task: asyncio.Task | None = None
     cancel_requested: bool = False
@@ -286,7 +359,7 @@ class Runner:
         self.executor = executor
         self.plans = PlanStore(self.settings.plan_ttl_seconds, ws.root / PLANS_FILE)
         self._active: dict[ThreadRef, Run] = {}
-        self._last: dict[ThreadRef, dict] = {}  # each thread's last result (status after "inProgress")
+        self._last: dict[ThreadRef, RunReport] = {}  # each thread's last result (status after "inProgress")
         self._tasks: set[asyncio.Task] = set()
         # Told of each finished run (mode, success, seconds): the edge's metrics.
         self.observer: Callable[[str, bool, float], None] | None = None
@@ -300,7 +373,7 @@ class Runner:
         """The thread's running run, if any."""
         return self._active.get(key)
 
-    def last_result(self, key: ThreadRef) -> dict | None:
+    def last_result(self, key: ThreadRef) -> RunReport | None:
         """The thread's last finished run since the edge started (Hermes' status after an ``inProgress``)."""
         return self._last.get(key)
 
@@ -356,7 +429,7 @@ class Runner:
 
     # The run itself --------------------------------------------------------
 
-    async def _run(self, run: Run) -> dict:
+    async def _run(self, run: Run) -> RunReport:
         begin = time.monotonic()
         run.emit({"type": "started", "mode": self.executor.name, "startedAt": iso_millis(run.started),
                   "planOnly": run.plan_only, "instruction": run.instruction})
@@ -370,13 +443,13 @@ class Runner:
         finally:
             self._active.pop(run.key, None)
         if self.observer is not None:
-            self.observer(self.executor.name, bool(result["success"]), time.monotonic() - begin)
+            self.observer(self.executor.name, result.success, time.monotonic() - begin)
         run.result = result
         self._last[run.key] = result
-        run.emit({"type": "done" if result["success"] else "error", "result": result})
+        run.emit({"type": "done" if result.success else "error", "result": result.as_json()})
         return result
 
-    async def _execute(self, run: Run, begin: float) -> dict:
+    async def _execute(self, run: Run, begin: float) -> RunReport:
         c, u, t = run.key
         async with self.ws.thread_lock(run.key):
             worktree = await self.ws.open_thread(run.key)
@@ -402,10 +475,7 @@ class Runner:
         result = self._result(run, begin, outcome, changes, commit, 200 if outcome.success else run.failure_status)
         if run.plan_only and outcome.success:
             plan, token = self.plans.add(run, outcome.output)
-            result.update(
-                plan=plan.plan, planId=plan.plan_id, approvalToken=token, requiresApproval=True,
-                expiresAt=iso_millis(plan.expires), summary=PLAN_SUMMARY,
-            )
+            result = replace(result, plan=PlanOffer(plan.plan, plan.plan_id, token, iso_millis(plan.expires)))
         self._record(run, outcome, result)
         return result
 
@@ -447,53 +517,45 @@ class Runner:
 
     def _result(
         self, run: Run, begin: float, outcome: RunResult, changes: list[dict], commit: dict | None, status: int
-    ) -> dict:
-        result = {
-            "success": outcome.success,
-            "output": outcome.output,
-            "summary": run_summary(outcome, changes, commit, cancelled=run.cancel_requested),
-            "filesChanged": [change["file"] for change in changes],
-            "changes": [change_line(change) for change in changes],
-            "fileChanges": changes,
-            "mode": self.executor.name,
-            "durationMs": int((time.monotonic() - begin) * 1000),
-            "runId": run.run_id,
-            "startedAt": iso_millis(run.started),
-            "clientId": run.client_id,
-            "userId": run.user_id,
-            "threadId": run.thread_id,
-            "sessionId": self.ws.registry.session_id_of(run.key),
-            "planOnly": run.plan_only,
-            "commit": commit,
-            "cancelled": run.cancel_requested and not outcome.success,
-            "status": status,
-        }
-        if outcome.error:
-            result["error"] = outcome.error
-        if outcome.session_id:
-            result["agentSessionId"] = outcome.session_id
-        if outcome.cost_usd is not None:
-            result["costUsd"] = outcome.cost_usd
-        return result
+    ) -> RunReport:
+        return RunReport(
+            success=outcome.success,
+            output=outcome.output,
+            summary=run_summary(outcome, changes, commit, cancelled=run.cancel_requested),
+            file_changes=changes,
+            mode=self.executor.name,
+            duration_ms=int((time.monotonic() - begin) * 1000),
+            run_id=run.run_id,
+            started_at=iso_millis(run.started),
+            thread=run.key,
+            session_id=self.ws.registry.session_id_of(run.key),
+            plan_only=run.plan_only,
+            commit=commit,
+            cancelled=run.cancel_requested and not outcome.success,
+            status=status,
+            error=outcome.error,
+            agent_session_id=outcome.session_id,
+            cost_usd=outcome.cost_usd,
+        )
 
-    def _record(self, run: Run, outcome: RunResult, result: dict) -> None:
+    def _record(self, run: Run, outcome: RunResult, result: RunReport) -> None:
         path = self.ws.context_path(run.key)
         context = read_json_file(path) or {}
         entries = context.get("instructions") if isinstance(context.get("instructions"), list) else []
-        commit = result.get("commit") or {}
+        commit = result.commit or {}
         entries.append({
             "runId": run.run_id,
             "instruction": run.instruction,
-            "mode": result["mode"],
+            "mode": result.mode,
             "planOnly": run.plan_only,
             "approvedPlan": run.approved_plan is not None,
             "success": outcome.success,
             "summary": outcome.output[:2000],
             "error": outcome.error,
-            "files": result["filesChanged"],
+            "files": result.files_changed,
             "commit": commit.get("commit") if commit.get("committed") else None,
-            "startedAt": result["startedAt"],
-            "durationMs": result["durationMs"],
+            "startedAt": result.started_at,
+            "durationMs": result.duration_ms,
         })
         context["instructions"] = entries[-MAX_HISTORY:]
         if outcome.session_id:

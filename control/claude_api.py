@@ -129,7 +129,7 @@ def _in_progress(run: Run) -> dict:
         "inProgress": True,
         "summary": "I'm still working on this change. The preview will update when it is done.",
         "runId": run.run_id,
-        "threadId": run.thread_id,
+        "threadId": run.thread.thread_id,
         "requiresApproval": False,
         "plan": None,
         "approvalToken": None,
@@ -236,7 +236,7 @@ async def reject_plan(request: web.Request) -> web.Response:
     body = await read_json_body(request, MAX_BODY)
     token = _approval_token(body)
     plan = request.app[RUNNER].reject(token, key)
-    return ok({"rejected": True, "planId": plan.plan_id, "instruction": plan.instruction, "threadId": plan.thread_id,
+    return ok({"rejected": True, "planId": plan.plan_id, "instruction": plan.instruction, "threadId": plan.thread.thread_id,
                 "summary": "The plan was discarded; nothing was changed."})
 
 

@@ -150,9 +150,7 @@ class Run:
     """One execution on one thread, and the events it produced so far."""
 
     run_id: str
-    client_id: str
-    user_id: str
-    thread_id: str
+    thread: ThreadRef
     instruction: str
     plan_only: bool
     auto_commit: bool
@@ -165,10 +163,6 @@ class Run:
     cancel_requested: bool = False
     failure_status: int = 502  # the HTTP status of a failed run: 504 timeout, 409 cancelled
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def key(self) -> ThreadRef:
-        return ThreadRef(self.client_id, self.user_id, self.thread_id)
 
     def emit(self, event: dict) -> None:
         self.events.append({"seq": len(self.events), "time": time.time(), "runId": self.run_id, **event})
@@ -202,9 +196,7 @@ class Plan:
     """A plan awaiting approval. Its tokens are kept as SHA-256 hashes only (never on disk in clear)."""
 
     plan_id: str
-    client_id: str
-    user_id: str
-    thread_id: str
+    thread: ThreadRef
     instruction: str
     plan: str
     auto_commit: bool
@@ -213,13 +205,10 @@ class Plan:
     token_hashes: list[str] = field(default_factory=list)
     used: str = ""  # "", "approved" or "rejected"
 
-    @property
-    def key(self) -> ThreadRef:
-        return ThreadRef(self.client_id, self.user_id, self.thread_id)
-
     def as_json(self) -> dict:
         return {
-            "planId": self.plan_id, "clientId": self.client_id, "userId": self.user_id, "threadId": self.thread_id,
+            "planId": self.plan_id, "clientId": self.thread.client_id, "userId": self.thread.user_id,
+            "threadId": self.thread.thread_id,
             "instruction": self.instruction, "plan": self.plan, "autoCommit": self.auto_commit,
             "created": self.created, "expires": self.expires, "tokenHashes": self.token_hashes, "used": self.used,
         }
@@ -227,7 +216,7 @@ class Plan:
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
         return cls(
-            str(data["planId"]), str(data["clientId"]), str(data["userId"]), str(data["threadId"]),
+            str(data["planId"]), ThreadRef(str(data["clientId"]), str(data["userId"]), str(data["threadId"])),
             str(data["instruction"]), str(data["plan"]), bool(data["autoCommit"]),
             float(data["created"]), float(data["expires"]),
             [str(h) for h in data.get("tokenHashes") or []], str(data.get("used") or ""),
@@ -272,7 +261,7 @@ class PlanStore:
         now = time.time()
         token = secrets.token_urlsafe(24)
         entry = Plan(
-            secrets.token_hex(8), run.client_id, run.user_id, run.thread_id,
+            secrets.token_hex(8), run.thread,
             run.instruction, plan, run.auto_commit, now, now + self.ttl, [_token_hash(token)],
         )
         self._keep(entry)
@@ -281,7 +270,7 @@ class PlanStore:
 
     def pending(self, key: ThreadRef) -> list[Plan]:
         now = time.time()
-        return [p for p in self._plans.values() if p.key == key and not p.used and now < p.expires]
+        return [p for p in self._plans.values() if p.thread == key and not p.used and now < p.expires]
 
     def resolve(self, token: object, key: ThreadRef) -> Plan:
         """The usable plan a token names on this thread (binding an unknown token to the single pending plan).
@@ -292,7 +281,7 @@ class PlanStore:
             raise Invalid("approvalToken is required")
         digest = _token_hash(token)
         plan = self._plans.get(self._by_token.get(digest, ""))
-        if plan is None or plan.key != key:
+        if plan is None or plan.thread != key:
             pending = self.pending(key)
             if not pending:
                 raise NotFound("no plan is waiting for approval in this session (it may have expired)")
@@ -394,8 +383,8 @@ class Runner:
     ) -> Run:
         """Start a run now (synchronously claims the thread: a second start gets 409)."""
         self.check_idle(key)
-        run = Run(secrets.token_hex(8), *key, instruction, plan_only, auto_commit, approved_plan)
-        self._active[run.key] = run
+        run = Run(secrets.token_hex(8), key, instruction, plan_only, auto_commit, approved_plan)
+        self._active[run.thread] = run
         run.task = asyncio.ensure_future(self._run(run))
         self._tasks.add(run.task)
         run.task.add_done_callback(self._tasks.discard)
@@ -441,19 +430,18 @@ class Runner:
             log.exception("Claude run %s failed unexpectedly", run.run_id)
             result = self._result(run, begin, RunResult(False, "", "internal error in the edge"), [], None, 500)
         finally:
-            self._active.pop(run.key, None)
+            self._active.pop(run.thread, None)
         if self.observer is not None:
             self.observer(self.executor.name, result.success, time.monotonic() - begin)
         run.result = result
-        self._last[run.key] = result
+        self._last[run.thread] = result
         run.emit({"type": "done" if result.success else "error", "result": result.as_json()})
         return result
 
     async def _execute(self, run: Run, begin: float) -> RunReport:
-        c, u, t = run.key
-        async with self.ws.thread_lock(run.key):
-            worktree = await self.ws.open_thread(run.key)
-            context = read_json_file(self.ws.context_path(run.key)) or {}
+        async with self.ws.thread_lock(run.thread):
+            worktree = await self.ws.open_thread(run.thread)
+            context = read_json_file(self.ws.context_path(run.thread)) or {}
             before = await self._snapshot(worktree)
             request = RunRequest(
                 instruction=run.instruction,
@@ -462,7 +450,7 @@ class Runner:
                 approved_plan=run.approved_plan,
                 history=_history(context),
                 resume_session=context.get("claudeSessionId") if self.executor.name == "claude-code" else None,
-                agent_home=self.ws.user_dir(c, u) / ".claude" / "home",
+                agent_home=self.ws.user_dir(run.thread.client_id, run.thread.user_id) / ".claude" / "home",
             )
             outcome = await self._call_executor(run, request)
             after = await self._snapshot(worktree)
@@ -501,7 +489,7 @@ class Runner:
 
     async def _commit(self, run: Run) -> dict:
         try:
-            return (await gitops.commit(self.ws, run.key, commit_message(run.instruction))).as_json()
+            return (await gitops.commit(self.ws, run.thread, commit_message(run.instruction))).as_json()
         except DomainError as exc:
             return {"committed": False, "commitError": exc.message}
 
@@ -527,8 +515,8 @@ class Runner:
             duration_ms=int((time.monotonic() - begin) * 1000),
             run_id=run.run_id,
             started_at=iso_millis(run.started),
-            thread=run.key,
-            session_id=self.ws.registry.session_id_of(run.key),
+            thread=run.thread,
+            session_id=self.ws.registry.session_id_of(run.thread),
             plan_only=run.plan_only,
             commit=commit,
             cancelled=run.cancel_requested and not outcome.success,
@@ -539,7 +527,7 @@ class Runner:
         )
 
     def _record(self, run: Run, outcome: RunResult, result: RunReport) -> None:
-        path = self.ws.context_path(run.key)
+        path = self.ws.context_path(run.thread)
         context = read_json_file(path) or {}
         entries = context.get("instructions") if isinstance(context.get("instructions"), list) else []
         commit = result.commit or {}

@@ -70,7 +70,7 @@ async def thread_status(request: web.Request) -> web.Response:
             "clientId": c,
             "userId": u,
             "threadId": t,
-            "workspace": {"path": str(ws.thread_path(ThreadRef(c, u, t))), "branch": git.branch},
+            "workspace": {"path": str(ws.thread_path(thread)), "branch": git.branch},
             "git": git.as_json(),
             "preview": previews.status(sid) if previews is not None else {"state": "stopped"},
         }

@@ -74,7 +74,7 @@ class SessionTracker:
     # -- what a session looks like now ----------------------------------------------------
 
     def status(self, session: ThreadSession) -> str:
-        state = self.workspaces.state(ThreadRef(session.client_id, session.user_id, session.thread_id))
+        state = self.workspaces.state(session.thread)
         if state is not None and state.active:
             return "initializing"
         if state is not None and state.status == "error":
@@ -97,7 +97,7 @@ class SessionTracker:
         route = self.table.get(session.session_id)
         last = self.last_activity(session)
         return SessionView(
-            ThreadRef(session.client_id, session.user_id, session.thread_id),
+            session.thread,
             session.session_id,
             repo_url=self.workspaces.git.scrub(session.repo_url),
             branch=session.branch,
@@ -173,7 +173,7 @@ class SessionTracker:
         session = self.registry.get(sid)
         purged = False
         if session is not None and purge:
-            purged = await self.workspaces.remove_worktree(ThreadRef(session.client_id, session.user_id, session.thread_id))
+            purged = await self.workspaces.remove_worktree(session.thread)
         self.registry.remove(sid)
         return EndedSession(sid, stopped, purged)
 

@@ -79,7 +79,10 @@ class PushResult:
 
 @dataclass(frozen=True)
 class CommitResult:
-    """A commit (or nothing to commit), with the push GIT_AUTO_PUSH made or the reason it failed."""
+    """A commit (or nothing to commit), with the push GIT_AUTO_PUSH made or the reason it failed.
+
+    ``error``: the commit itself failed (a run's auto-commit reports that instead of failing the run).
+    """
 
     committed: bool
     commit: str | None
@@ -88,8 +91,11 @@ class CommitResult:
     files: list[str] = field(default_factory=list)
     push: PushResult | None = None
     push_error: str | None = None
+    error: str | None = None
 
     def as_json(self) -> dict:
+        if self.error is not None:
+            return {"committed": False, "commitError": self.error}
         if not self.committed:
             return {"committed": False, "message": self.message, "branch": self.branch, "commit": self.commit}
         data = {

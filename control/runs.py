@@ -97,7 +97,7 @@ class RunReport:
     thread: ThreadRef
     session_id: str
     plan_only: bool
-    commit: dict | None  # the commit's JSON, or {"committed": False, "commitError": ...}
+    commit: gitops.CommitResult | None  # None: nothing to commit, or no autoCommit
     cancelled: bool
     status: int
     error: str | None = None
@@ -127,7 +127,7 @@ class RunReport:
             "threadId": self.thread.thread_id,
             "sessionId": self.session_id,
             "planOnly": self.plan_only,
-            "commit": self.commit,
+            "commit": self.commit.as_json() if self.commit is not None else None,
             "cancelled": self.cancelled,
             "status": self.status,
         }
@@ -458,8 +458,8 @@ class Runner:
         commit = None
         if outcome.success and run.auto_commit and changes and not run.plan_only:
             commit = await asyncio.shield(self._commit(run))
-            if commit.get("committed"):
-                run.emit({"type": "committed", "commit": commit.get("commit"), "files": commit.get("files", [])})
+            if commit.committed:
+                run.emit({"type": "committed", "commit": commit.commit, "files": commit.files})
         result = self._result(run, begin, outcome, changes, commit, 200 if outcome.success else run.failure_status)
         if run.plan_only and outcome.success:
             plan, token = self.plans.add(run, outcome.output)
@@ -487,11 +487,11 @@ class Runner:
                 return RunResult(False, "", "cancelled on request; files are as the agent last wrote them")
             raise
 
-    async def _commit(self, run: Run) -> dict:
+    async def _commit(self, run: Run) -> gitops.CommitResult:
         try:
-            return (await gitops.commit(self.ws, run.thread, commit_message(run.instruction))).as_json()
+            return await gitops.commit(self.ws, run.thread, commit_message(run.instruction))
         except DomainError as exc:
-            return {"committed": False, "commitError": exc.message}
+            return gitops.CommitResult(False, None, None, "", error=exc.message)
 
     async def _snapshot(self, worktree: Path) -> dict[str, tuple[str, str | None]]:
         """Changed paths (vs. HEAD) → (kind, hash of content): what a run changed is the difference."""
@@ -504,7 +504,8 @@ class Runner:
         return await asyncio.to_thread(lambda: {path: (kind, _digest(worktree / path)) for path, kind in listed})
 
     def _result(
-        self, run: Run, begin: float, outcome: RunResult, changes: list[dict], commit: dict | None, status: int
+        self, run: Run, begin: float, outcome: RunResult, changes: list[dict], commit: gitops.CommitResult | None,
+        status: int,
     ) -> RunReport:
         return RunReport(
             success=outcome.success,
@@ -530,7 +531,6 @@ class Runner:
         path = self.ws.context_path(run.thread)
         context = read_json_file(path) or {}
         entries = context.get("instructions") if isinstance(context.get("instructions"), list) else []
-        commit = result.commit or {}
         entries.append({
             "runId": run.run_id,
             "instruction": run.instruction,
@@ -541,7 +541,7 @@ class Runner:
             "summary": outcome.output[:2000],
             "error": outcome.error,
             "files": result.files_changed,
-            "commit": commit.get("commit") if commit.get("committed") else None,
+            "commit": result.commit.commit if result.commit is not None and result.commit.committed else None,
             "startedAt": result.started_at,
             "durationMs": result.duration_ms,
         })
@@ -566,7 +566,9 @@ def _sentence(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
-def run_summary(outcome: RunResult, changes: list[dict], commit: dict | None, *, cancelled: bool = False) -> str:
+def run_summary(
+    outcome: RunResult, changes: list[dict], commit: gitops.CommitResult | None, *, cancelled: bool = False
+) -> str:
     """What happened, in words a site owner reads in an email."""
     if not outcome.success:
         if cancelled:
@@ -578,7 +580,7 @@ def run_summary(outcome: RunResult, changes: list[dict], commit: dict | None, *,
     if not changes:
         return "Done; no files needed to change."
     files = ", ".join(change["file"] for change in changes[:5]) + (" and more" if len(changes) > 5 else "")
-    saved = " and saved it" if commit and commit.get("committed") else ""
+    saved = " and saved it" if commit is not None and commit.committed else ""
     return f"I updated {files}{saved}. The preview shows the result."
 
 

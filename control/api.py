@@ -102,7 +102,7 @@ async def init_status(request: web.Request) -> web.Response:
 
 async def git_status(request: web.Request) -> web.Response:
     ws, key = _thread(request)
-    return ok({**ids_json(key), **await gitops.status(ws, key)})
+    return ok({**ids_json(key), **(await gitops.status(ws, key)).as_json()})
 
 
 async def git_commit(request: web.Request) -> web.Response:
@@ -114,14 +114,14 @@ async def git_commit(request: web.Request) -> web.Response:
     if not message.strip() or "\0" in message or len(message) > MAX_MESSAGE:  # type: ignore[union-attr]
         raise Invalid(f"message must be non-empty text of at most {MAX_MESSAGE} characters, without NUL")
     result = await ws.run_detached(gitops.commit(ws, key, message))  # type: ignore[arg-type]
-    return ok({**ids_json(key), **result})
+    return ok({**ids_json(key), **result.as_json()})
 
 
 async def git_push(request: web.Request) -> web.Response:
     ws, key = _thread(request)
     body = await read_json_body(request, MAX_BODY)
     force = bool(_optional(body, "force", bool, False))
-    return ok({**ids_json(key), **await ws.run_detached(gitops.push(ws, key, force))})
+    return ok({**ids_json(key), **(await ws.run_detached(gitops.push(ws, key, force))).as_json()})
 
 
 async def git_pull(request: web.Request) -> web.Response:
@@ -130,13 +130,14 @@ async def git_pull(request: web.Request) -> web.Response:
     branch = _optional(body, "branch", str)
     if branch is not None:
         check_branch(branch)
-    return ok({**ids_json(key), **await ws.run_detached(gitops.pull(ws, key, branch))})  # type: ignore[arg-type]
+    result = await ws.run_detached(gitops.pull(ws, key, branch))  # type: ignore[arg-type]
+    return ok({**ids_json(key), **result.as_json()})
 
 
 async def git_fetch(request: web.Request) -> web.Response:
     ws, key = _thread(request)
     await read_json_body(request, MAX_BODY)
-    return ok({**ids_json(key), **await ws.run_detached(gitops.fetch(ws, key))})
+    return ok({**ids_json(key), **(await ws.run_detached(gitops.fetch(ws, key))).as_json()})
 
 
 async def git_branch(request: web.Request) -> web.Response:
@@ -144,7 +145,7 @@ async def git_branch(request: web.Request) -> web.Response:
     body = await read_json_body(request, MAX_BODY)
     branch = check_branch(body.get("branch"))
     create = bool(_optional(body, "createNew", bool, False))
-    return ok({**ids_json(key), **await ws.run_detached(gitops.switch_branch(ws, key, branch, create))})
+    return ok({**ids_json(key), **(await ws.run_detached(gitops.switch_branch(ws, key, branch, create))).as_json()})
 
 
 def setup(app: web.Application, settings: ControlSettings, client_origin: ClientOrigin) -> None:

@@ -80,7 +80,7 @@ def _known_session(request: web.Request) -> ThreadRef:
             f"Session not found: {session_id!r} is not a session of this editing environment",
             hint="a session starts with POST /api/claude/<sessionId>/execute or /api/init",
         )
-    return ThreadRef(*session.key)
+    return session.thread
 
 
 def _user_email(body: dict) -> str:
@@ -129,7 +129,7 @@ def _in_progress(run: Run) -> dict:
         "inProgress": True,
         "summary": "I'm still working on this change. The preview will update when it is done.",
         "runId": run.run_id,
-        "threadId": run.thread_id,
+        "threadId": run.thread.thread_id,
         "requiresApproval": False,
         "plan": None,
         "approvalToken": None,
@@ -154,7 +154,7 @@ async def _answer(request: web.Request, run: Run, render: Render, final_event: s
         # asyncio.wait never cancels the run, whether it times out or the handler is cancelled (client gone).
         limit = request.app[SETTINGS].hermes_reply_seconds or None
         done, _ = await asyncio.wait({run.task}, timeout=limit)  # type: ignore[arg-type]
-        result = run.task.result() if done else _in_progress(run)  # type: ignore[union-attr]
+        result = run.task.result().as_json() if done else _in_progress(run)  # type: ignore[union-attr]
         return web.json_response(render(result), status=_status(result))
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -166,7 +166,7 @@ async def _answer(request: web.Request, run: Run, render: Render, final_event: s
                 event = {**event, "result": _public(event["result"])}
             await response.write(_sse(event["type"], event))
         if final_event is not None and run.result is not None:
-            await response.write(_sse(final_event, render(run.result)))
+            await response.write(_sse(final_event, render(run.result.as_json())))
         await response.write_eof()
     except ConnectionError:
         pass  # the client left; the run goes on
@@ -236,7 +236,7 @@ async def reject_plan(request: web.Request) -> web.Response:
     body = await read_json_body(request, MAX_BODY)
     token = _approval_token(body)
     plan = request.app[RUNNER].reject(token, key)
-    return ok({"rejected": True, "planId": plan.plan_id, "instruction": plan.instruction, "threadId": plan.thread_id,
+    return ok({"rejected": True, "planId": plan.plan_id, "instruction": plan.instruction, "threadId": plan.thread.thread_id,
                 "summary": "The plan was discarded; nothing was changed."})
 
 
@@ -248,7 +248,7 @@ async def cancel(request: web.Request) -> web.Response:
     if run is None or not run.cancel():
         return ok({"cancelled": False, "message": "no execution is running on this thread", "threadId": key[2]})
     result = await asyncio.shield(run.task)  # type: ignore[arg-type]
-    return ok({"cancelled": True, "runId": run.run_id, "filesChanged": result["filesChanged"], "threadId": key[2]})
+    return ok({"cancelled": True, "runId": run.run_id, "filesChanged": result.files_changed, "threadId": key[2]})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -261,7 +261,7 @@ async def status(request: web.Request) -> web.Response:
         return ok({
             "running": False, "threadId": key[2], "mode": runner.executor.name,
             "pendingPlans": [p.summary() for p in runner.plans.pending(key)],
-            **({"lastResult": _hermes(last)} if last is not None else {}),
+            **({"lastResult": _hermes(last.as_json())} if last is not None else {}),
         })
     return ok({
         "running": True, "threadId": key[2], "runId": run.run_id, "instruction": run.instruction,

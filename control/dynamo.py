@@ -34,6 +34,8 @@ from typing import Any
 
 from aiohttp import web
 
+from core.ids import ThreadRef
+
 log = logging.getLogger(__name__)
 
 TTL_SECONDS = 30 * 60
@@ -58,25 +60,27 @@ def iso_ms(epoch: float) -> str:
 
 def session_item(
     session_id: str,
-    client_id: str,
-    user_id: str,
-    thread_id: str,
+    thread: ThreadRef,
     status: str,
     preview_url: str,
     container_id: str,
     last_activity: float,
     *,
+    user_key: str = "",
     branch: str = "",
     created: float = 0.0,
     container_ip: str = "",
 ) -> dict[str, Any]:
-    """The attributes of one session (plain Python values); ``userId`` is the range key's fallback."""
+    """The attributes of one session (plain Python values).
+
+    ``userId`` is the range key's fallback: ``user_key`` (Hermes' userEmail) when given, else the thread's user.
+    """
     now = time.time()
     return {
         "sessionId": session_id,
-        "userId": user_id,
-        "clientId": client_id,
-        "threadId": thread_id,
+        "userId": user_key or thread.user_id,
+        "clientId": thread.client_id,
+        "threadId": thread.thread_id,
         "status": HERMES_STATUS.get(status, "active"),
         "previewUrl": preview_url or None,
         "containerId": container_id or None,

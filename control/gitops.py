@@ -9,6 +9,7 @@ refused unless forced (and then only with ``--force-with-lease``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from control.errors import git_failure
@@ -22,7 +23,150 @@ from core.jsonfile import read_json_file, write_json_atomic
 CHANGE_KINDS = ("modified", "added", "deleted", "untracked", "conflicted")
 
 
-async def status(ws: Workspaces, key: ThreadRef) -> dict:
+@dataclass(frozen=True)
+class GitStatus:
+    """A worktree's branch, cleanliness, ahead/behind and changes by kind."""
+
+    branch: str | None
+    head: str | None
+    clean: bool
+    ahead: int
+    behind: int
+    upstream: str | None  # the configured upstream (set by the first push)
+    compared_to: str | None  # what ahead/behind count against: the upstream, else origin/<branch or default>
+    changes: dict[str, list[str]]
+    protected: bool
+
+    @property
+    def can_push(self) -> bool:
+        return self.branch is not None and not self.protected and self.ahead > 0
+
+    def as_json(self) -> dict:
+        """The API's shape (keys in the order clients have always seen)."""
+        return {
+            "branch": self.branch,
+            "head": self.head,
+            "clean": self.clean,
+            "ahead": self.ahead,
+            "behind": self.behind,
+            "upstream": self.upstream,
+            "comparedTo": self.compared_to,
+            "changes": self.changes,
+            "protected": self.protected,
+            "canPush": self.can_push,
+        }
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """A push of the thread's branch to origin."""
+
+    branch: str
+    forced: bool
+    up_to_date: bool
+    pull_request_url: str | None
+
+    def as_json(self) -> dict:
+        return {
+            "pushed": True,
+            "branch": self.branch,
+            "remote": "origin",
+            "forced": self.forced,
+            "upToDate": self.up_to_date,
+            "pullRequestUrl": self.pull_request_url,
+        }
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """A commit (or nothing to commit), with the push GIT_AUTO_PUSH made or the reason it failed.
+
+    ``error``: the commit itself failed (a run's auto-commit reports that instead of failing the run).
+    """
+
+    committed: bool
+    commit: str | None
+    branch: str | None
+    message: str
+    files: list[str] = field(default_factory=list)
+    push: PushResult | None = None
+    push_error: str | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict:
+        if self.error is not None:
+            return {"committed": False, "commitError": self.error}
+        if not self.committed:
+            return {"committed": False, "message": self.message, "branch": self.branch, "commit": self.commit}
+        data = {
+            "committed": True,
+            "commit": self.commit,
+            "branch": self.branch,
+            "filesChanged": len(self.files),
+            "files": list(self.files),
+            "message": self.message,
+        }
+        if self.push is not None:
+            data.update(self.push.as_json())
+        elif self.push_error is not None:
+            data.update(pushed=False, pushError=self.push_error)
+        return data
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """A merge of ``origin/<source>``; ``missing`` says why nothing was fetched (no such remote branch yet)."""
+
+    updated: bool
+    branch: str | None
+    head: str | None
+    fast_forward: bool = False
+    source: str = ""
+    previous_head: str | None = None
+    missing: str | None = None
+
+    def as_json(self) -> dict:
+        if self.missing is not None:
+            return {"updated": self.updated, "branch": self.branch, "head": self.head, "message": self.missing}
+        return {
+            "updated": self.updated,
+            "fastForward": self.fast_forward,
+            "branch": self.branch,
+            "source": self.source,
+            "head": self.head,
+            "previousHead": self.previous_head,
+        }
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """A fetch of the user's clone and the thread's status after it."""
+
+    status: GitStatus
+
+    def as_json(self) -> dict:
+        return {"fetched": True, **self.status.as_json()}
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    """The worktree's move to another branch (``switched`` False: it was already there)."""
+
+    switched: bool
+    created: bool
+    branch: str
+    previous_branch: str | None
+
+    def as_json(self) -> dict:
+        return {
+            "switched": self.switched,
+            "created": self.created,
+            "branch": self.branch,
+            "previousBranch": self.previous_branch,
+        }
+
+
+async def status(ws: Workspaces, key: ThreadRef) -> GitStatus:
     """Branch, cleanliness, ahead/behind and changes by kind (no lock: read-only, no optional locks)."""
     client_id, user_id, _ = key
     worktree = ws.thread_path(key)
@@ -31,7 +175,7 @@ async def status(ws: Workspaces, key: ThreadRef) -> dict:
     return await _status(ws, client_id, user_id, worktree)
 
 
-async def _status(ws: Workspaces, client_id: str, user_id: str, worktree: Path) -> dict:
+async def _status(ws: Workspaces, client_id: str, user_id: str, worktree: Path) -> GitStatus:
     result = await ws.git.run(
         ["--no-optional-locks", "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all"], cwd=worktree
     )
@@ -53,18 +197,17 @@ async def _status(ws: Workspaces, client_id: str, user_id: str, worktree: Path) 
             compared = compare.removeprefix("refs/remotes/")
     clean = not any(changes.values())
     protected = branch in ws.settings.git_protected_branches
-    return {
-        "branch": branch,
-        "head": head if head != "(initial)" else None,
-        "clean": clean,
-        "ahead": ahead,
-        "behind": behind,
-        "upstream": upstream,  # the configured upstream (set by the first push)
-        "comparedTo": compared,  # what ahead/behind count against: the upstream, else origin/<branch or default>
-        "changes": changes,
-        "protected": protected,
-        "canPush": branch is not None and not protected and ahead > 0,
-    }
+    return GitStatus(
+        branch=branch,
+        head=head if head != "(initial)" else None,
+        clean=clean,
+        ahead=ahead,
+        behind=behind,
+        upstream=upstream,
+        compared_to=compared,
+        changes=changes,
+        protected=protected,
+    )
 
 
 async def _comparison_ref(
@@ -120,7 +263,7 @@ def _kind(xy: str) -> str:
     return "modified"
 
 
-async def commit(ws: Workspaces, key: ThreadRef, message: str) -> dict:
+async def commit(ws: Workspaces, key: ThreadRef, message: str) -> CommitResult:
     """Commit every change in the worktree with a ``Thread-ID`` trailer (then push if GIT_AUTO_PUSH)."""
     client_id, user_id, thread_id = key
     async with ws.thread_lock(key):
@@ -132,12 +275,7 @@ async def commit(ws: Workspaces, key: ThreadRef, message: str) -> dict:
             branch = await ws.current_branch(worktree)
             if not files:
                 head = await _head(ws, worktree)
-                return {
-                    "committed": False,
-                    "message": "nothing to commit, working tree clean",
-                    "branch": branch,
-                    "commit": head,
-                }
+                return CommitResult(False, head, branch, "nothing to commit, working tree clean")
             # The message goes in on stdin: never a shell, never an option.
             await ws.git.run(
                 ["commit", "--quiet", "--no-verify", "--file=-", f"--trailer=Thread-ID: {thread_id}"],
@@ -146,23 +284,16 @@ async def commit(ws: Workspaces, key: ThreadRef, message: str) -> dict:
             )
         except GitError as exc:
             raise git_failure(exc, "commit") from None
-        result = {
-            "committed": True,
-            "commit": await _head(ws, worktree),
-            "branch": branch,
-            "filesChanged": len(files),
-            "files": files,
-            "message": message,
-        }
+        result = CommitResult(True, await _head(ws, worktree), branch, message, files)
         if ws.settings.git_auto_push:
             try:
-                result.update(await _push(ws, client_id, user_id, worktree, force=False))
+                result = replace(result, push=await _push(ws, client_id, user_id, worktree, force=False))
             except DomainError as exc:
-                result.update(pushed=False, pushError=exc.message)
+                result = replace(result, push_error=exc.message)
         return result
 
 
-async def push(ws: Workspaces, key: ThreadRef, force: bool) -> dict:
+async def push(ws: Workspaces, key: ThreadRef, force: bool) -> PushResult:
     """Push the thread's branch (with upstream); protected branches are refused."""
     client_id, user_id, _ = key
     async with ws.thread_lock(key):
@@ -170,7 +301,7 @@ async def push(ws: Workspaces, key: ThreadRef, force: bool) -> dict:
         return await _push(ws, client_id, user_id, worktree, force=force)
 
 
-async def _push(ws: Workspaces, client_id: str, user_id: str, worktree: Path, *, force: bool) -> dict:
+async def _push(ws: Workspaces, client_id: str, user_id: str, worktree: Path, *, force: bool) -> PushResult:
     branch = await ws.current_branch(worktree)
     if branch is None:
         raise Conflict("the worktree is on a detached HEAD; switch to a branch before pushing")
@@ -198,17 +329,11 @@ async def _push(ws: Workspaces, client_id: str, user_id: str, worktree: Path, *,
                 ) from None
             raise git_failure(exc, "push") from None
     flags = [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line]
-    return {
-        "pushed": True,
-        "branch": branch,
-        "remote": "origin",
-        "forced": force,
-        "upToDate": bool(flags) and all(flag == "=" for flag in flags),
-        "pullRequestUrl": pull_request_url(origin, branch),
-    }
+    up_to_date = bool(flags) and all(flag == "=" for flag in flags)
+    return PushResult(branch, force, up_to_date, pull_request_url(origin, branch))
 
 
-async def pull(ws: Workspaces, key: ThreadRef, branch: str | None) -> dict:
+async def pull(ws: Workspaces, key: ThreadRef, branch: str | None) -> PullResult:
     """Merge ``origin/<branch>`` (default: the thread's own branch) into the worktree.
 
     Needs no uncommitted changes to tracked files, so an aborted merge restores
@@ -236,12 +361,8 @@ async def pull(ws: Workspaces, key: ThreadRef, branch: str | None) -> dict:
         if fetched.returncode != 0:
             if "couldn't find remote ref" in fetched.stderr:
                 if branch is None:
-                    return {
-                        "updated": False,
-                        "branch": current,
-                        "head": await _head(ws, worktree),
-                        "message": f"origin has no branch {source!r} yet",
-                    }
+                    head = await _head(ws, worktree)
+                    return PullResult(False, current, head, missing=f"origin has no branch {source!r} yet")
                 raise NotFound(f"origin has no branch {source!r}")
             raise git_failure(GitError("fetch", fetched.returncode, fetched.stderr), "pull")
         before = await _head(ws, worktree)
@@ -250,14 +371,14 @@ async def pull(ws: Workspaces, key: ThreadRef, branch: str | None) -> dict:
             await _undo_merge(ws, worktree, before, merged.stderr + merged.stdout)
         after = await _head(ws, worktree)
         remote_head = (await ws.git.run(["rev-parse", f"refs/remotes/origin/{source}"], cwd=worktree)).stdout.strip()
-        return {
-            "updated": after != before,
-            "fastForward": after != before and after == remote_head,
-            "branch": current,
-            "source": f"origin/{source}",
-            "head": after,
-            "previousHead": before,
-        }
+        return PullResult(
+            updated=after != before,
+            branch=current,
+            head=after,
+            fast_forward=after != before and after == remote_head,
+            source=f"origin/{source}",
+            previous_head=before,
+        )
 
 
 async def _undo_merge(ws: Workspaces, worktree: Path, before: str | None, output: str) -> None:
@@ -281,7 +402,7 @@ async def _undo_merge(ws: Workspaces, worktree: Path, before: str | None, output
     )
 
 
-async def fetch(ws: Workspaces, key: ThreadRef) -> dict:
+async def fetch(ws: Workspaces, key: ThreadRef) -> FetchResult:
     """Update the remote-tracking branches of the user's clone, then report the thread's status."""
     client_id, user_id, _ = key
     worktree = ws.thread_path(key)
@@ -294,12 +415,12 @@ async def fetch(ws: Workspaces, key: ThreadRef) -> dict:
             await ws.git.run(["fetch", "--prune", "origin"], cwd=worktree)
         except GitError as exc:
             raise git_failure(exc, "fetch") from None
-    return {"fetched": True, **await _status(ws, client_id, user_id, worktree)}
+    return FetchResult(await _status(ws, client_id, user_id, worktree))
 
 
 async def switch_branch(
     ws: Workspaces, key: ThreadRef, branch: str, create: bool
-) -> dict:
+) -> SwitchResult:
     """Put the thread's worktree on ``branch`` (new from HEAD with ``create``); changes are kept or git refuses."""
     client_id, user_id, _ = key
     branch = check_branch(branch)
@@ -307,7 +428,7 @@ async def switch_branch(
         worktree = await ws.open_thread(key)
         previous = await ws.current_branch(worktree)
         if previous == branch and not create:
-            return {"switched": False, "created": False, "branch": branch, "previousBranch": previous}
+            return SwitchResult(False, False, branch, previous)
         exists = await ws.ref_exists(worktree, f"refs/heads/{branch}")
         try:
             async with ws.user_lock(client_id, user_id):
@@ -346,12 +467,11 @@ async def switch_branch(
                 ) from None
             raise git_failure(exc, "branch") from None
         _remember_branch(ws, key, branch)
-        return {"switched": True, "created": create or not exists, "branch": branch, "previousBranch": previous}
+        return SwitchResult(True, create or not exists, branch, previous)
 
 
 def _remember_branch(ws: Workspaces, key: ThreadRef, branch: str) -> None:
-    client_id, user_id, thread_id = key
-    ws.registry.update(ws.registry.session_id_of(client_id, user_id, thread_id), branch=branch)
+    ws.registry.update(ws.registry.session_id_of(key), branch=branch)
     path = ws.context_path(key)
     context = read_json_file(path)
     if context is not None:

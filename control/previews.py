@@ -1,6 +1,6 @@
 """Previews of threads: the session registry tells the preview supervisor what a session shows.
 
-One session id per thread everywhere: ``SessionRegistry.session_id_of(client, user, thread)``
+One session id per thread everywhere: ``SessionRegistry.session_id_of(thread)``
 is the id in ``/api/init``'s ``previewUrl``, in ``/session/<id>/`` and in the
 answers of ``/api/astro/.../<client>/<user>/<thread>``; so equal threadIds of
 different clients or users never share a preview.
@@ -33,7 +33,7 @@ class RegistryLocator:
         self._unregistered: dict[str, Path] = {}
 
     def session_id(self, thread: ThreadRef) -> str:
-        session = self.registry.session_id_of(thread.client_id, thread.user_id, thread.thread_id)
+        session = self.registry.session_id_of(thread)
         if self.registry.get(session) is None:
             folder = thread_folder(self.workspace, thread)
             if folder.is_dir():  # only real folders: naming ids alone never grows this table

@@ -28,7 +28,7 @@ import re
 import secrets
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -72,30 +72,97 @@ def commit_message(instruction: str) -> str:
     return "Claude: " + (line if len(line) <= budget else line[: budget - 1].rstrip() + "…")
 
 
+@dataclass(frozen=True)
+class PlanOffer:
+    """A plan a plan-only run proposes, and the token that approves it."""
+
+    plan: str
+    plan_id: str
+    approval_token: str
+    expires_at: str
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a finished run did: its outcome, the files it changed, its commit, its HTTP status."""
+
+    success: bool
+    output: str
+    summary: str
+    file_changes: list[dict]  # {"file": ..., "action": "added" | "modified" | "deleted" | "reverted"}
+    mode: str
+    duration_ms: int
+    run_id: str
+    started_at: str
+    thread: ThreadRef
+    session_id: str
+    plan_only: bool
+    commit: gitops.CommitResult | None  # None: nothing to commit, or no autoCommit
+    cancelled: bool
+    status: int
+    error: str | None = None
+    agent_session_id: str | None = None
+    cost_usd: float | None = None
+    plan: PlanOffer | None = None
+
+    @property
+    def files_changed(self) -> list[str]:
+        return [change["file"] for change in self.file_changes]
+
+    def as_json(self) -> dict:
+        """The API's shape (keys in the order clients have always seen; ``status`` is the HTTP status)."""
+        data = {
+            "success": self.success,
+            "output": self.output,
+            "summary": self.summary,
+            "filesChanged": self.files_changed,
+            "changes": [change_line(change) for change in self.file_changes],
+            "fileChanges": self.file_changes,
+            "mode": self.mode,
+            "durationMs": self.duration_ms,
+            "runId": self.run_id,
+            "startedAt": self.started_at,
+            "clientId": self.thread.client_id,
+            "userId": self.thread.user_id,
+            "threadId": self.thread.thread_id,
+            "sessionId": self.session_id,
+            "planOnly": self.plan_only,
+            "commit": self.commit.as_json() if self.commit is not None else None,
+            "cancelled": self.cancelled,
+            "status": self.status,
+        }
+        if self.error:
+            data["error"] = self.error
+        if self.agent_session_id:
+            data["agentSessionId"] = self.agent_session_id
+        if self.cost_usd is not None:
+            data["costUsd"] = self.cost_usd
+        if self.plan is not None:
+            data.update(
+                plan=self.plan.plan, planId=self.plan.plan_id, approvalToken=self.plan.approval_token,
+                requiresApproval=True, expiresAt=self.plan.expires_at, summary=PLAN_SUMMARY,
+            )
+        return data
+
+
 @dataclass
 class Run:
     """One execution on one thread, and the events it produced so far."""
 
     run_id: str
-    client_id: str
-    user_id: str
-    thread_id: str
+    thread: ThreadRef
     instruction: str
     plan_only: bool
     auto_commit: bool
     approved_plan: str | None = None
     started: float = field(default_factory=time.time)
     events: list[dict] = field(default_factory=list)
-    result: dict | None = None
+    result: RunReport | None = None
     task: asyncio.Task | None = None
     exec_task: asyncio.Task | None = None
     cancel_requested: bool = False
     failure_status: int = 502  # the HTTP status of a failed run: 504 timeout, 409 cancelled
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def key(self) -> ThreadRef:
-        return ThreadRef(self.client_id, self.user_id, self.thread_id)
 
     def emit(self, event: dict) -> None:
         self.events.append({"seq": len(self.events), "time": time.time(), "runId": self.run_id, **event})
@@ -129,9 +196,7 @@ class Plan:
     """A plan awaiting approval. Its tokens are kept as SHA-256 hashes only (never on disk in clear)."""
 
     plan_id: str
-    client_id: str
-    user_id: str
-    thread_id: str
+    thread: ThreadRef
     instruction: str
     plan: str
     auto_commit: bool
@@ -140,13 +205,10 @@ class Plan:
     token_hashes: list[str] = field(default_factory=list)
     used: str = ""  # "", "approved" or "rejected"
 
-    @property
-    def key(self) -> ThreadRef:
-        return ThreadRef(self.client_id, self.user_id, self.thread_id)
-
     def as_json(self) -> dict:
         return {
-            "planId": self.plan_id, "clientId": self.client_id, "userId": self.user_id, "threadId": self.thread_id,
+            "planId": self.plan_id, "clientId": self.thread.client_id, "userId": self.thread.user_id,
+            "threadId": self.thread.thread_id,
             "instruction": self.instruction, "plan": self.plan, "autoCommit": self.auto_commit,
             "created": self.created, "expires": self.expires, "tokenHashes": self.token_hashes, "used": self.used,
         }
@@ -154,7 +216,7 @@ class Plan:
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
         return cls(
-            str(data["planId"]), str(data["clientId"]), str(data["userId"]), str(data["threadId"]),
+            str(data["planId"]), ThreadRef(str(data["clientId"]), str(data["userId"]), str(data["threadId"])),
             str(data["instruction"]), str(data["plan"]), bool(data["autoCommit"]),
             float(data["created"]), float(data["expires"]),
             [str(h) for h in data.get("tokenHashes") or []], str(data.get("used") or ""),
@@ -199,7 +261,7 @@ class PlanStore:
         now = time.time()
         token = secrets.token_urlsafe(24)
         entry = Plan(
-            secrets.token_hex(8), run.client_id, run.user_id, run.thread_id,
+            secrets.token_hex(8), run.thread,
             run.instruction, plan, run.auto_commit, now, now + self.ttl, [_token_hash(token)],
         )
         self._keep(entry)
@@ -208,7 +270,7 @@ class PlanStore:
 
     def pending(self, key: ThreadRef) -> list[Plan]:
         now = time.time()
-        return [p for p in self._plans.values() if p.key == key and not p.used and now < p.expires]
+        return [p for p in self._plans.values() if p.thread == key and not p.used and now < p.expires]
 
     def resolve(self, token: object, key: ThreadRef) -> Plan:
         """The usable plan a token names on this thread (binding an unknown token to the single pending plan).
@@ -219,7 +281,7 @@ class PlanStore:
             raise Invalid("approvalToken is required")
         digest = _token_hash(token)
         plan = self._plans.get(self._by_token.get(digest, ""))
-        if plan is None or plan.key != key:
+        if plan is None or plan.thread != key:
             pending = self.pending(key)
             if not pending:
                 raise NotFound("no plan is waiting for approval in this session (it may have expired)")
@@ -286,7 +348,7 @@ class Runner:
         self.executor = executor
         self.plans = PlanStore(self.settings.plan_ttl_seconds, ws.root / PLANS_FILE)
         self._active: dict[ThreadRef, Run] = {}
-        self._last: dict[ThreadRef, dict] = {}  # each thread's last result (status after "inProgress")
+        self._last: dict[ThreadRef, RunReport] = {}  # each thread's last result (status after "inProgress")
         self._tasks: set[asyncio.Task] = set()
         # Told of each finished run (mode, success, seconds): the edge's metrics.
         self.observer: Callable[[str, bool, float], None] | None = None
@@ -300,7 +362,7 @@ class Runner:
         """The thread's running run, if any."""
         return self._active.get(key)
 
-    def last_result(self, key: ThreadRef) -> dict | None:
+    def last_result(self, key: ThreadRef) -> RunReport | None:
         """The thread's last finished run since the edge started (Hermes' status after an ``inProgress``)."""
         return self._last.get(key)
 
@@ -321,8 +383,8 @@ class Runner:
     ) -> Run:
         """Start a run now (synchronously claims the thread: a second start gets 409)."""
         self.check_idle(key)
-        run = Run(secrets.token_hex(8), *key, instruction, plan_only, auto_commit, approved_plan)
-        self._active[run.key] = run
+        run = Run(secrets.token_hex(8), key, instruction, plan_only, auto_commit, approved_plan)
+        self._active[run.thread] = run
         run.task = asyncio.ensure_future(self._run(run))
         self._tasks.add(run.task)
         run.task.add_done_callback(self._tasks.discard)
@@ -356,7 +418,7 @@ class Runner:
 
     # The run itself --------------------------------------------------------
 
-    async def _run(self, run: Run) -> dict:
+    async def _run(self, run: Run) -> RunReport:
         begin = time.monotonic()
         run.emit({"type": "started", "mode": self.executor.name, "startedAt": iso_millis(run.started),
                   "planOnly": run.plan_only, "instruction": run.instruction})
@@ -368,19 +430,18 @@ class Runner:
             log.exception("Claude run %s failed unexpectedly", run.run_id)
             result = self._result(run, begin, RunResult(False, "", "internal error in the edge"), [], None, 500)
         finally:
-            self._active.pop(run.key, None)
+            self._active.pop(run.thread, None)
         if self.observer is not None:
-            self.observer(self.executor.name, bool(result["success"]), time.monotonic() - begin)
+            self.observer(self.executor.name, result.success, time.monotonic() - begin)
         run.result = result
-        self._last[run.key] = result
-        run.emit({"type": "done" if result["success"] else "error", "result": result})
+        self._last[run.thread] = result
+        run.emit({"type": "done" if result.success else "error", "result": result.as_json()})
         return result
 
-    async def _execute(self, run: Run, begin: float) -> dict:
-        c, u, t = run.key
-        async with self.ws.thread_lock(run.key):
-            worktree = await self.ws.open_thread(run.key)
-            context = read_json_file(self.ws.context_path(run.key)) or {}
+    async def _execute(self, run: Run, begin: float) -> RunReport:
+        async with self.ws.thread_lock(run.thread):
+            worktree = await self.ws.open_thread(run.thread)
+            context = read_json_file(self.ws.context_path(run.thread)) or {}
             before = await self._snapshot(worktree)
             request = RunRequest(
                 instruction=run.instruction,
@@ -389,7 +450,7 @@ class Runner:
                 approved_plan=run.approved_plan,
                 history=_history(context),
                 resume_session=context.get("claudeSessionId") if self.executor.name == "claude-code" else None,
-                agent_home=self.ws.user_dir(c, u) / ".claude" / "home",
+                agent_home=self.ws.user_dir(run.thread.client_id, run.thread.user_id) / ".claude" / "home",
             )
             outcome = await self._call_executor(run, request)
             after = await self._snapshot(worktree)
@@ -397,15 +458,12 @@ class Runner:
         commit = None
         if outcome.success and run.auto_commit and changes and not run.plan_only:
             commit = await asyncio.shield(self._commit(run))
-            if commit.get("committed"):
-                run.emit({"type": "committed", "commit": commit.get("commit"), "files": commit.get("files", [])})
+            if commit.committed:
+                run.emit({"type": "committed", "commit": commit.commit, "files": commit.files})
         result = self._result(run, begin, outcome, changes, commit, 200 if outcome.success else run.failure_status)
         if run.plan_only and outcome.success:
             plan, token = self.plans.add(run, outcome.output)
-            result.update(
-                plan=plan.plan, planId=plan.plan_id, approvalToken=token, requiresApproval=True,
-                expiresAt=iso_millis(plan.expires), summary=PLAN_SUMMARY,
-            )
+            result = replace(result, plan=PlanOffer(plan.plan, plan.plan_id, token, iso_millis(plan.expires)))
         self._record(run, outcome, result)
         return result
 
@@ -429,11 +487,11 @@ class Runner:
                 return RunResult(False, "", "cancelled on request; files are as the agent last wrote them")
             raise
 
-    async def _commit(self, run: Run) -> dict:
+    async def _commit(self, run: Run) -> gitops.CommitResult:
         try:
-            return await gitops.commit(self.ws, run.key, commit_message(run.instruction))
+            return await gitops.commit(self.ws, run.thread, commit_message(run.instruction))
         except DomainError as exc:
-            return {"committed": False, "commitError": exc.message}
+            return gitops.CommitResult(False, None, None, "", error=exc.message)
 
     async def _snapshot(self, worktree: Path) -> dict[str, tuple[str, str | None]]:
         """Changed paths (vs. HEAD) → (kind, hash of content): what a run changed is the difference."""
@@ -446,54 +504,46 @@ class Runner:
         return await asyncio.to_thread(lambda: {path: (kind, _digest(worktree / path)) for path, kind in listed})
 
     def _result(
-        self, run: Run, begin: float, outcome: RunResult, changes: list[dict], commit: dict | None, status: int
-    ) -> dict:
-        result = {
-            "success": outcome.success,
-            "output": outcome.output,
-            "summary": run_summary(outcome, changes, commit, cancelled=run.cancel_requested),
-            "filesChanged": [change["file"] for change in changes],
-            "changes": [change_line(change) for change in changes],
-            "fileChanges": changes,
-            "mode": self.executor.name,
-            "durationMs": int((time.monotonic() - begin) * 1000),
-            "runId": run.run_id,
-            "startedAt": iso_millis(run.started),
-            "clientId": run.client_id,
-            "userId": run.user_id,
-            "threadId": run.thread_id,
-            "sessionId": self.ws.registry.session_id_of(*run.key),
-            "planOnly": run.plan_only,
-            "commit": commit,
-            "cancelled": run.cancel_requested and not outcome.success,
-            "status": status,
-        }
-        if outcome.error:
-            result["error"] = outcome.error
-        if outcome.session_id:
-            result["agentSessionId"] = outcome.session_id
-        if outcome.cost_usd is not None:
-            result["costUsd"] = outcome.cost_usd
-        return result
+        self, run: Run, begin: float, outcome: RunResult, changes: list[dict], commit: gitops.CommitResult | None,
+        status: int,
+    ) -> RunReport:
+        return RunReport(
+            success=outcome.success,
+            output=outcome.output,
+            summary=run_summary(outcome, changes, commit, cancelled=run.cancel_requested),
+            file_changes=changes,
+            mode=self.executor.name,
+            duration_ms=int((time.monotonic() - begin) * 1000),
+            run_id=run.run_id,
+            started_at=iso_millis(run.started),
+            thread=run.thread,
+            session_id=self.ws.registry.session_id_of(run.thread),
+            plan_only=run.plan_only,
+            commit=commit,
+            cancelled=run.cancel_requested and not outcome.success,
+            status=status,
+            error=outcome.error,
+            agent_session_id=outcome.session_id,
+            cost_usd=outcome.cost_usd,
+        )
 
-    def _record(self, run: Run, outcome: RunResult, result: dict) -> None:
-        path = self.ws.context_path(run.key)
+    def _record(self, run: Run, outcome: RunResult, result: RunReport) -> None:
+        path = self.ws.context_path(run.thread)
         context = read_json_file(path) or {}
         entries = context.get("instructions") if isinstance(context.get("instructions"), list) else []
-        commit = result.get("commit") or {}
         entries.append({
             "runId": run.run_id,
             "instruction": run.instruction,
-            "mode": result["mode"],
+            "mode": result.mode,
             "planOnly": run.plan_only,
             "approvedPlan": run.approved_plan is not None,
             "success": outcome.success,
             "summary": outcome.output[:2000],
             "error": outcome.error,
-            "files": result["filesChanged"],
-            "commit": commit.get("commit") if commit.get("committed") else None,
-            "startedAt": result["startedAt"],
-            "durationMs": result["durationMs"],
+            "files": result.files_changed,
+            "commit": result.commit.commit if result.commit is not None and result.commit.committed else None,
+            "startedAt": result.started_at,
+            "durationMs": result.duration_ms,
         })
         context["instructions"] = entries[-MAX_HISTORY:]
         if outcome.session_id:
@@ -516,7 +566,9 @@ def _sentence(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
-def run_summary(outcome: RunResult, changes: list[dict], commit: dict | None, *, cancelled: bool = False) -> str:
+def run_summary(
+    outcome: RunResult, changes: list[dict], commit: gitops.CommitResult | None, *, cancelled: bool = False
+) -> str:
     """What happened, in words a site owner reads in an email."""
     if not outcome.success:
         if cancelled:
@@ -528,7 +580,7 @@ def run_summary(outcome: RunResult, changes: list[dict], commit: dict | None, *,
     if not changes:
         return "Done; no files needed to change."
     files = ", ".join(change["file"] for change in changes[:5]) + (" and more" if len(changes) > 5 else "")
-    saved = " and saved it" if commit and commit.get("committed") else ""
+    saved = " and saved it" if commit is not None and commit.committed else ""
     return f"I updated {files}{saved}. The preview shows the result."
 
 

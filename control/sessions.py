@@ -38,6 +38,7 @@ from typing import Callable
 
 from aiohttp import web
 
+from core.ids import ThreadRef
 from core.jsonfile import read_json_file, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ _STEM_MAX = 40
 STATUSES = ("initializing", "ready", "idle", "error")
 
 
-def session_id_for(client_id: str, user_id: str, thread_id: str, key: bytes) -> str:
+def session_id_for(thread: ThreadRef, key: bytes) -> str:
     """The session id the edge derives for a thread: ``<threadId as a label>-<16 hex digits of an HMAC>``.
 
     Keyed, so nobody who knows or guesses the ids can compute a preview link.
     """
+    client_id, user_id, thread_id = thread
     digest = hmac.new(key, f"{client_id}\0{user_id}\0{thread_id}".encode(), hashlib.sha256).hexdigest()[:16]
     stem = re.sub(r"[^a-z0-9]+", "-", thread_id.lower()).strip("-")[:_STEM_MAX].strip("-") or "thread"
     return f"{stem}-{digest}"
@@ -82,9 +84,7 @@ class ThreadSession:
     """One registry entry."""
 
     session_id: str
-    client_id: str
-    user_id: str
-    thread_id: str
+    thread: ThreadRef
     branch: str
     repo_url: str
     worktree: str
@@ -96,8 +96,16 @@ class ThreadSession:
     user_email: str = ""  # Hermes' userEmail, when Hermes named the session (its DynamoDB range key)
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.client_id, self.user_id, self.thread_id)
+    def client_id(self) -> str:
+        return self.thread.client_id
+
+    @property
+    def user_id(self) -> str:
+        return self.thread.user_id
+
+    @property
+    def thread_id(self) -> str:
+        return self.thread.thread_id
 
     def as_json(self) -> dict:
         return {
@@ -120,9 +128,7 @@ class ThreadSession:
     def from_json(cls, data: dict) -> "ThreadSession":
         return cls(
             session_id=str(data["sessionId"]),
-            client_id=str(data["clientId"]),
-            user_id=str(data["userId"]),
-            thread_id=str(data["threadId"]),
+            thread=ThreadRef(str(data["clientId"]), str(data["userId"]), str(data["threadId"])),
             branch=str(data["branch"]),
             repo_url=str(data["repoUrl"]),
             worktree=str(data["worktree"]),
@@ -145,7 +151,7 @@ class SessionRegistry:
         self._key: bytes | None = None
         self._sessions: dict[str, ThreadSession] = {}
         self._listeners: list[Listener] = []
-        self._by_thread: dict[tuple[str, str, str], str] = {}
+        self._by_thread: dict[ThreadRef, str] = {}
         self._dirty = False
         data = read_json_file(self.path)
         if data is None:
@@ -159,7 +165,7 @@ class SessionRegistry:
                 log.warning("ignoring a malformed entry %r in %s", session_id, self.path)
                 continue
             self._sessions[session_id] = entry
-            self._by_thread[entry.key] = session_id
+            self._by_thread[entry.thread] = session_id
 
     @property
     def key(self) -> bytes:
@@ -172,15 +178,15 @@ class SessionRegistry:
         """The thread a session previews, or None."""
         return self._sessions.get(session_id)
 
-    def find(self, client_id: str, user_id: str, thread_id: str) -> ThreadSession | None:
+    def find(self, thread: ThreadRef) -> ThreadSession | None:
         """The session of a thread, if it was initialised."""
-        session_id = self._by_thread.get((client_id, user_id, thread_id))
+        session_id = self._by_thread.get(thread)
         return self._sessions.get(session_id) if session_id is not None else None
 
-    def session_id_of(self, client_id: str, user_id: str, thread_id: str) -> str:
+    def session_id_of(self, thread: ThreadRef) -> str:
         """The thread's session id: the registered one, else the one the edge derives for it."""
-        found = self._by_thread.get((client_id, user_id, thread_id))
-        return found if found is not None else session_id_for(client_id, user_id, thread_id, self.key)
+        found = self._by_thread.get(thread)
+        return found if found is not None else session_id_for(thread, self.key)
 
     def all(self) -> list[ThreadSession]:
         return list(self._sessions.values())
@@ -192,8 +198,8 @@ class SessionRegistry:
     def put(self, session: ThreadSession) -> ThreadSession:
         """Add or update an entry (keeping its first ``created``, activity and preview URL) and persist."""
         old = self._sessions.get(session.session_id)
-        if old is not None and old.key != session.key:
-            raise ValueError(f"session {session.session_id!r} already previews the thread {old.key}")
+        if old is not None and old.thread != session.thread:
+            raise ValueError(f"session {session.session_id!r} already previews the thread {tuple(old.thread)}")
         if old is not None:
             session = replace(
                 session,
@@ -202,11 +208,11 @@ class SessionRegistry:
                 preview_url=session.preview_url or old.preview_url,
                 user_email=session.user_email or old.user_email,
             )
-        taken = self._by_thread.get(session.key)
+        taken = self._by_thread.get(session.thread)
         if taken is not None and taken != session.session_id:
-            raise ValueError(f"thread {session.key} already has the session {taken!r}")
+            raise ValueError(f"thread {tuple(session.thread)} already has the session {taken!r}")
         self._sessions[session.session_id] = session
-        self._by_thread[session.key] = session.session_id
+        self._by_thread[session.thread] = session.session_id
         self._save()
         self._notify(session.session_id, session)
         return session
@@ -245,7 +251,7 @@ class SessionRegistry:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
-        self._by_thread.pop(session.key, None)
+        self._by_thread.pop(session.thread, None)
         self._save()
         self._notify(session_id, None)
         return True

@@ -57,8 +57,9 @@ async def thread_status(request: web.Request) -> web.Response:
     u = check_id("userId", info["user_id"])
     t = check_thread_id(info["thread_id"])
     sessions, registry, ws = request.app[SESSION_SERVICE], request.app[REGISTRY], request.app[WORKSPACES]
-    sid = registry.session_id_of(c, u, t)
-    git = await gitops.status(ws, ThreadRef(c, u, t))  # 404 (or 409 while initialising) for an unknown thread
+    thread = ThreadRef(c, u, t)
+    sid = registry.session_id_of(thread)
+    git = await gitops.status(ws, thread)  # 404 (or 409 while initialising) for an unknown thread
     session = registry.get(sid)
     view = sessions.view(session).as_json() if session is not None else {"sessionId": sid, "status": "ready"}
     previews = request.app.get(PREVIEWS)
@@ -69,8 +70,8 @@ async def thread_status(request: web.Request) -> web.Response:
             "clientId": c,
             "userId": u,
             "threadId": t,
-            "workspace": {"path": str(ws.thread_path(ThreadRef(c, u, t))), "branch": git.get("branch")},
-            "git": git,
+            "workspace": {"path": str(ws.thread_path(thread)), "branch": git.branch},
+            "git": git.as_json(),
             "preview": previews.status(sid) if previews is not None else {"state": "stopped"},
         }
     )

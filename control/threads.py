@@ -46,8 +46,8 @@ async def initialise(
 ) -> InitResult:
     """Clone if needed and create or resume the thread, announced to the session service (registry, DynamoDB)."""
     ws = app[WORKSPACES]
-    sid = ws.check_session_id(*key, session_id)
-    work = ws.init_thread(*key, repo, session_id=sid, start_point=start_point, user_email=user_email)
+    sid = ws.check_session_id(key, session_id)
+    work = ws.init_thread(key, repo, session_id=sid, start_point=start_point, user_email=user_email)
     sessions = app.get(SESSION_SERVICE)
     if sessions is not None:  # status initializing → ready/error, in the registry and DynamoDB
         work = sessions.track_init(sid, key, f"{origin}/session/{sid}/", work, user_email)
@@ -84,7 +84,7 @@ class ThreadOpener:
         registry = self.app[WORKSPACES].registry
         known = registry.get(session_id)
         if known is not None:
-            return ThreadRef(*known.key)
+            return known.thread
         key = self.default_key(session_id)
         start = thread_branch(self.settings.default_thread_id)
         await self.ensure(key, origin=origin, session_id=session_id, start_point=start, user_email=user_email)
@@ -95,7 +95,7 @@ class ThreadOpener:
         registry = self.app[WORKSPACES].registry
         if registry.get(session_id) is not None or not HERMES_SESSION.fullmatch(session_id):
             return None
-        default = registry.find(*self.default_key())
+        default = registry.find(self.default_key())
         if default is None:
             return None
         writer = self.app.get(DYNAMO)
@@ -106,7 +106,7 @@ class ThreadOpener:
     async def ensure(self, key: ThreadRef, *, origin: str, **init: str) -> None:
         """Open the thread unless it is there (or being opened: then wait for that)."""
         ws = self.app[WORKSPACES]
-        registered = ws.registry.find(*key)
+        registered = ws.registry.find(key)
         if registered is not None and (ws.thread_path(key) / ".git").is_file():
             return
         running = self._opening.get(key)

@@ -97,10 +97,8 @@ class Workspaces:
         self.registry = registry
         self.git = GitRunner(settings)
         self._user_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
-        self._thread_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        self._states: dict[tuple[str, str, str], ThreadState] = {}
+        self._thread_locks: weakref.WeakValueDictionary[ThreadRef, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._states: dict[ThreadRef, ThreadState] = {}
         self._tasks: set[asyncio.Task] = set()
 
     # Layout ---------------------------------------------------------------
@@ -132,8 +130,7 @@ class Workspaces:
 
     def thread_lock(self, key: ThreadRef) -> asyncio.Lock:
         """The lock that serialises git operations and Claude runs in one thread's worktree."""
-        client_id, user_id, thread_id = key
-        return self._lock(self._thread_locks, (client_id, user_id, thread_id))
+        return self._lock(self._thread_locks, key)
 
     @staticmethod
     def _lock(table: weakref.WeakValueDictionary, key: tuple) -> asyncio.Lock:
@@ -144,8 +141,7 @@ class Workspaces:
 
     def state(self, key: ThreadRef) -> ThreadState | None:
         """What the last ``/api/init`` of this thread is doing or did (since the edge started)."""
-        client_id, user_id, thread_id = key
-        return self._states.get((client_id, user_id, thread_id))
+        return self._states.get(key)
 
     async def run_detached(self, work: Awaitable[T]) -> T:
         """Run ``work`` to its end even if the HTTP client goes away (no half-done git work)."""
@@ -188,12 +184,13 @@ class Workspaces:
 
     # Initialising a thread -----------------------------------------------
 
-    def check_session_id(self, client_id: str, user_id: str, thread_id: str, session_id: str | None) -> str:
+    def check_session_id(self, key: ThreadRef, session_id: str | None) -> str:
         """The session id the thread gets: ``session_id`` when free for it, else 409; None: the thread's own."""
-        current = self.registry.session_id_of(client_id, user_id, thread_id)
+        client_id, user_id, thread_id = key
+        current = self.registry.session_id_of(key)
         if session_id is None or session_id == current:
             return current
-        if self.registry.find(client_id, user_id, thread_id) is not None:
+        if self.registry.find(key) is not None:
             raise Conflict(f"thread {thread_id!r} of {client_id}/{user_id} already has the session {current!r}")
         other = self.registry.get(session_id)
         if other is not None:
@@ -202,9 +199,7 @@ class Workspaces:
 
     async def init_thread(
         self,
-        client_id: str,
-        user_id: str,
-        thread_id: str,
+        key: ThreadRef,
         repo: RepoUrl | None,
         *,
         session_id: str | None = None,
@@ -217,21 +212,18 @@ class Workspaces:
         new thread branches from ``start_point`` (a local branch) when it
         exists, else from the remote's default branch.
         """
-        session_id = self.check_session_id(client_id, user_id, thread_id, session_id)
-        state = self._states[(client_id, user_id, thread_id)] = ThreadState("waiting")
+        client_id, user_id, thread_id = key
+        session_id = self.check_session_id(key, session_id)
+        state = self._states[key] = ThreadState("waiting")
         try:
-            async with self.thread_lock(ThreadRef(client_id, user_id, thread_id)):
+            async with self.thread_lock(key):
                 async with self.user_lock(client_id, user_id):
                     state.set("initializing")
                     origin, cloned = await self._ensure_project(client_id, user_id, repo, state)
                     state.set("creating")
-                    branch, resumed = await self._ensure_worktree(
-                        client_id, user_id, thread_id, fresh=cloned, start_point=start_point
-                    )
+                    branch, resumed = await self._ensure_worktree(key, fresh=cloned, start_point=start_point)
                     default_branch = await self.default_branch(client_id, user_id)
-                session = self._record(
-                    session_id, client_id, user_id, thread_id, branch, origin, default_branch, user_email
-                )
+                session = self._record(session_id, key, branch, origin, default_branch, user_email)
         except DomainError as exc:
             state.set("error", error=exc.message)
             raise
@@ -289,10 +281,11 @@ class Workspaces:
         return repo.url, True
 
     async def _ensure_worktree(
-        self, client_id: str, user_id: str, thread_id: str, *, fresh: bool, start_point: str | None = None
+        self, key: ThreadRef, *, fresh: bool, start_point: str | None = None
     ) -> tuple[str, bool]:
+        client_id, user_id, thread_id = key
         project = self.project_dir(client_id, user_id)
-        worktree = self.thread_path(ThreadRef(client_id, user_id, thread_id))
+        worktree = self.thread_path(key)
         branch = thread_branch(thread_id)
         remove_half_worktree(worktree, project / ".git")
         await self.git.run(["worktree", "prune"], cwd=project)
@@ -347,24 +340,21 @@ class Workspaces:
     def _record(
         self,
         session_id: str,
-        client_id: str,
-        user_id: str,
-        thread_id: str,
+        key: ThreadRef,
         branch: str,
         origin: str,
         default_branch: str,
         user_email: str = "",
     ) -> ThreadSession:
+        client_id, user_id, thread_id = key
         now = time.time()
-        worktree = str(self.thread_path(ThreadRef(client_id, user_id, thread_id)))
-        entry = ThreadSession(
-            session_id, client_id, user_id, thread_id, branch, origin, worktree, now, now, user_email=user_email
-        )
+        worktree = str(self.thread_path(key))
+        entry = ThreadSession(session_id, key, branch, origin, worktree, now, now, user_email=user_email)
         try:
             session = self.registry.put(entry)
         except ValueError as exc:  # a concurrent init named the thread or the session otherwise
             raise Conflict(str(exc)) from None
-        context_path = self.context_path(ThreadRef(client_id, user_id, thread_id))
+        context_path = self.context_path(key)
         context = read_json_file(context_path) or {"created": now}
         context.update(
             threadId=thread_id,

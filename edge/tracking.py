@@ -74,7 +74,7 @@ class SessionTracker:
     # -- what a session looks like now ----------------------------------------------------
 
     def status(self, session: ThreadSession) -> str:
-        state = self.workspaces.state(ThreadRef(session.client_id, session.user_id, session.thread_id))
+        state = self.workspaces.state(session.thread)
         if state is not None and state.active:
             return "initializing"
         if state is not None and state.status == "error":
@@ -97,7 +97,7 @@ class SessionTracker:
         route = self.table.get(session.session_id)
         last = self.last_activity(session)
         return SessionView(
-            ThreadRef(session.client_id, session.user_id, session.thread_id),
+            session.thread,
             session.session_id,
             repo_url=self.workspaces.git.scrub(session.repo_url),
             branch=session.branch,
@@ -119,13 +119,12 @@ class SessionTracker:
             return
         item = session_item(
             session.session_id,
-            session.client_id,
-            session.user_email or session.user_id,
-            session.thread_id,
+            session.thread,
             status or self.status(session),
             session.preview_url,
             self.settings.container_id,
             self.last_activity(session),
+            user_key=session.user_email,
             branch=session.branch,
             created=session.created,
         )
@@ -144,7 +143,7 @@ class SessionTracker:
     async def track_init(self, sid: str, key: ThreadRef, preview_url: str, work: Awaitable[T], user_email: str = "") -> T:
         """Run an ``/api/init`` of session ``sid``, announcing ``initializing`` first and ``ready`` or ``error`` after."""
         known = self.registry.get(sid)
-        draft = known or ThreadSession(sid, *key, "", "", "", time.time(), time.time(), user_email=user_email)
+        draft = known or ThreadSession(sid, key, "", "", "", time.time(), time.time(), user_email=user_email)
         self.publish(draft, "initializing")
         try:
             result = await work
@@ -174,7 +173,7 @@ class SessionTracker:
         session = self.registry.get(sid)
         purged = False
         if session is not None and purge:
-            purged = await self.workspaces.remove_worktree(ThreadRef(session.client_id, session.user_id, session.thread_id))
+            purged = await self.workspaces.remove_worktree(session.thread)
         self.registry.remove(sid)
         return EndedSession(sid, stopped, purged)
 
@@ -229,7 +228,7 @@ class SessionTracker:
         ids = (info.get("client_id"), info.get("user_id"), info.get("thread_id"))
         if not all(is_valid_id(part) for part in ids):
             return None
-        sid = self.registry.session_id_of(*ids)  # type: ignore[arg-type]
+        sid = self.registry.session_id_of(ThreadRef(*ids))  # type: ignore[arg-type]
         return sid if self.registry.get(sid) is not None else None
 
 

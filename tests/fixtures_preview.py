@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from control.sessions import SessionRegistry, ThreadSession
-from core.ids import thread_branch
+from core.ids import ThreadRef, thread_branch
 from edge.settings import Settings
 from preview.procs import group_members
 from tests.conftest import RunningServer, free_port
@@ -50,7 +50,7 @@ class Thread:
     @property
     def session_id(self) -> str:
         """The session that previews this thread (``/session/<id>/``)."""
-        return SessionRegistry(self.workspace).session_id_of(self.client_id, self.user_id, self.thread_id)
+        return SessionRegistry(self.workspace).session_id_of(ThreadRef(self.client_id, self.user_id, self.thread_id))
 
 
 ThreadFactory = Callable[..., Thread]
@@ -69,9 +69,7 @@ def make_thread(astro_site, settings: Settings, tmp_path: Path) -> ThreadFactory
         now = time.time()
         entry = ThreadSession(
             session_id=thread.session_id,
-            client_id=client_id,
-            user_id=user_id,
-            thread_id=thread_id,
+            thread=ThreadRef(client_id, user_id, thread_id),
             branch=thread_branch(thread_id),
             repo_url="",  # a copy of examples/site, not a clone
             worktree=str(thread.path.absolute()),

@@ -20,6 +20,7 @@ import pytest
 from cfnlint.decode import decode
 
 from control.dynamo import session_item, update_request
+from core.ids import ThreadRef
 from edge.settings import Settings
 from tests.fixtures_dynamodb import AWS_ENV, FakeDynamo
 from tests.conftest import free_port
@@ -222,7 +223,7 @@ def test_sessions_table_has_hermes_schema_and_takes_the_edges_updates(template, 
     assert dynamodb.describe_time_to_live(TableName=spec["TableName"])["TimeToLiveDescription"]["AttributeName"] == "ttl"
 
     # The edge's own UpdateItem for a session (control/dynamo.py), then Hermes's reads.
-    item = session_item("t1-0123456789", "amelia", "owner", "t1", "ready",
+    item = session_item("t1-0123456789", ThreadRef("amelia", "owner", "t1"), "ready",
                         "https://edit.amelia.webordinary.com/session/t1-0123456789/", "task-1", 1_700_000_000)
     dynamodb.update_item(**update_request(spec["TableName"], {"sessionId": "t1-0123456789", "userId": "owner"}, item))
     key = {"sessionId": {"S": "t1-0123456789"}, "userId": {"S": "owner"}}

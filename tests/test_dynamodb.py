@@ -7,6 +7,7 @@ import time
 
 from control.dynamo import DYNAMO, TTL_SECONDS
 from control.sessions import REGISTRY
+from core.ids import ThreadRef
 from edge.tracking import TRACKER
 from tests.support.polling import wait_until
 
@@ -50,7 +51,8 @@ async def test_a_failed_init_is_an_error_item(git_edge, remote, dynamodb):
     api = await git_edge(dynamodb_table=dynamodb.table)
     answer = await api.init(t="t9", repo_url=remote.url + "-missing")
     assert answer.status >= 400
-    await _item(dynamodb, api.app[REGISTRY].session_id_of("c1", "u1", "t9"), lambda i: (i or {}).get("status") == "expired")
+    sid = api.app[REGISTRY].session_id_of(ThreadRef("c1", "u1", "t9"))
+    await _item(dynamodb, sid, lambda i: (i or {}).get("status") == "expired")
 
 
 async def test_requests_succeed_while_dynamodb_is_down_and_writes_land_later(git_edge, remote, dynamodb):

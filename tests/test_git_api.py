@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from control.gitops import CommitResult, PushResult
 from control.workspaces import WORKSPACES
 from core.ids import ThreadRef
 from tests.fixtures_git import git
@@ -273,7 +274,7 @@ async def test_branch_endpoint_creates_and_switches(git_edge, remote, git_home):
         "previousBranch": "thread-t1",
     }
     assert git(["symbolic-ref", "--short", "HEAD"], worktree, git_home).strip() == "feature/pages"
-    assert api.app[WORKSPACES].registry.find("c1", "u1", "t1").branch == "feature/pages"
+    assert api.app[WORKSPACES].registry.find(ThreadRef("c1", "u1", "t1")).branch == "feature/pages"
     back = await api.git("branch", body={"branch": "thread-t1"})
     assert back.status == 200 and back.body["created"] is False
     from_remote = await api.git("branch", body={"branch": "develop"})
@@ -379,3 +380,17 @@ async def test_a_workspace_owned_by_another_uid_still_works(git_edge, remote, se
     assert answer.status == 200 and answer.body["committed"] is True, answer.text
     assert (await api.git("push")).status == 200
     assert user.stat().st_uid == 65534  # and the edge changed no ownership
+
+
+def test_a_commit_answers_a_failed_push_or_commit_in_its_own_keys():
+    pushed = CommitResult(True, "abc", "thread-t1", "m", ["a.txt"], push=PushResult("thread-t1", False, False, None))
+    assert list(pushed.as_json()) == [
+        "committed", "commit", "branch", "filesChanged", "files", "message",
+        "pushed", "remote", "forced", "upToDate", "pullRequestUrl",
+    ]
+    refused = CommitResult(True, "abc", "thread-t1", "m", ["a.txt"], push_error="rejected")
+    assert refused.as_json() == {
+        "committed": True, "commit": "abc", "branch": "thread-t1", "filesChanged": 1, "files": ["a.txt"],
+        "message": "m", "pushed": False, "pushError": "rejected",
+    }
+    assert CommitResult(False, None, None, "", error="locked").as_json() == {"committed": False, "commitError": "locked"}

@@ -107,8 +107,8 @@ async def test_initialised_threads_are_previewed_at_their_preview_urls(init_edge
     first = await init(edge.client, edge.server.origin, "c1", "t1", site_repo)
     second = await init(edge.client, edge.server.origin, "c2", "t1", site_repo)  # same threadId, other client
     registry = edge.server.app[REGISTRY]
-    assert first["sessionId"] == registry.session_id_of("c1", "u1", "t1")
-    assert second["sessionId"] == registry.session_id_of("c2", "u1", "t1") != first["sessionId"]
+    assert first["sessionId"] == registry.session_id_of(ThreadRef("c1", "u1", "t1"))
+    assert second["sessionId"] == registry.session_id_of(ThreadRef("c2", "u1", "t1")) != first["sessionId"]
     path_one, path_two = preview_path(first), preview_path(second)
     worktree_one, worktree_two = Path(first["workspacePath"]), Path(second["workspacePath"])
     index_two = worktree_two / "src" / "pages" / "index.astro"
@@ -164,9 +164,9 @@ async def test_an_edge_started_later_previews_a_thread_initialised_before(
 async def test_an_unregistered_thread_folder_is_previewed_once_the_api_names_it(preview_edge, settings):
     folder = settings.workspace_path / "c1" / "u1" / "threads" / "t1"
     folder.mkdir(parents=True)  # laid out as control/ does, but never seen by /api/init
-    session = SessionRegistry(settings.workspace_path).session_id_of("c1", "u1", "t1")
+    session = SessionRegistry(settings.workspace_path).session_id_of(ThreadRef("c1", "u1", "t1"))
     edge = await preview_edge()
-    assert session == edge.server.app[REGISTRY].session_id_of("c1", "u1", "t1")
+    assert session == edge.server.app[REGISTRY].session_id_of(ThreadRef("c1", "u1", "t1"))
 
     code, _, _ = await edge.get(f"/session/{session}/", Accept="application/json")
     assert code == 404  # a bare URL alone never finds folders
@@ -189,8 +189,8 @@ def test_the_registry_locator_uses_registered_worktrees_and_remembers_only_real_
     thread_folder(workspace, thread).mkdir(parents=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    session = session_id_for("c1", "u1", "t1", registry.key)
-    registry.put(ThreadSession(session, "c1", "u1", "t1", "thread-t1", "file:///site.git", str(elsewhere), 0.0, 0.0))
+    session = session_id_for(ThreadRef("c1", "u1", "t1"), registry.key)
+    registry.put(ThreadSession(session, ThreadRef("c1", "u1", "t1"), "thread-t1", "file:///site.git", str(elsewhere), 0.0, 0.0))
 
     assert locator.session_id(thread) == session
     assert locator.folder(session) == elsewhere  # the registry's entry, not the layout's guess

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from control.sessions import SessionRegistry
+from core.ids import ThreadRef
 from preview.deps import STORE_MARK, git_common_dir, store_key
 from tests.fixtures_astro import EXAMPLE_SITE
 from tests.support.polling import wait_until
@@ -42,7 +43,7 @@ def repository_with_threads(workspace: Path, *threads: str) -> dict[str, Path]:
 async def test_threads_with_the_same_lockfile_share_one_install(preview_edge, settings):
     folders = repository_with_threads(settings.workspace_path, "t1", "t2")  # not registered by /api/init
     registry = SessionRegistry(settings.workspace_path)
-    one, two = registry.session_id_of("c1", "u1", "t1"), registry.session_id_of("c1", "u1", "t2")
+    one, two = registry.session_id_of(ThreadRef("c1", "u1", "t1")), registry.session_id_of(ThreadRef("c1", "u1", "t2"))
     edge = await preview_edge()
 
     status, body = await edge.api("POST", "start", "c1/u1/t1", wait="0")

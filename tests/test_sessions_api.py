@@ -8,6 +8,7 @@ import time
 import aiohttp
 
 from control.sessions import REGISTRY
+from core.ids import ThreadRef
 from edge import keys
 from edge.tracking import TRACKER
 from preview.appkeys import PREVIEWS
@@ -150,7 +151,7 @@ async def test_api_calls_naming_a_thread_count_as_its_activity(git_edge, remote)
     assert (await api.call("GET", "/api/git/status/c1/u1/t1")).status == 200
     assert tracker.last_activity(tracker.registry.get(sid)) > first
     assert (await api.call("GET", "/health")).status == 200
-    assert tracker.registry.session_id_of("c1", "u1", "t1") == sid
+    assert tracker.registry.session_id_of(ThreadRef("c1", "u1", "t1")) == sid
 
 
 async def _start(edge, settings, git_home) -> tuple[GitApi, RunningServer]:

@@ -309,13 +309,13 @@ def test_pull_request_urls_for_github_only():
 @pytest.mark.parametrize("thread_id", ["t1", "Thread_ABC.def", "___", "a" * 64, "x-y--z", "0", "19a2f3c4-5678"])
 def test_session_ids_are_dns_labels_and_deterministic(thread_id):
     key = b"k" * 32
-    session_id = session_id_for("c1", "u1", thread_id, key)
+    session_id = session_id_for(ThreadRef("c1", "u1", thread_id), key)
     assert DNS_LABEL.match(session_id) and "--" not in session_id and len(session_id) <= 63
     assert is_session_id(session_id)
-    assert session_id == session_id_for("c1", "u1", thread_id, key)
-    assert session_id != session_id_for("c1", "u2", thread_id, key)
-    assert session_id != session_id_for("c2", "u1", thread_id, key)
-    assert session_id != session_id_for("c1", "u1", thread_id, b"another key")  # not computable without the key
+    assert session_id == session_id_for(ThreadRef("c1", "u1", thread_id), key)
+    assert session_id != session_id_for(ThreadRef("c1", "u2", thread_id), key)
+    assert session_id != session_id_for(ThreadRef("c2", "u1", thread_id), key)
+    assert session_id != session_id_for(ThreadRef("c1", "u1", thread_id), b"another key")  # not computable without the key
 
 
 def test_the_session_key_is_made_once_per_workspace_and_kept_private(tmp_path):
@@ -323,15 +323,16 @@ def test_the_session_key_is_made_once_per_workspace_and_kept_private(tmp_path):
     assert len(first.key) == 64 and (tmp_path / SECRET_FILE).stat().st_mode & 0o077 == 0
     assert SessionRegistry(tmp_path).key == first.key  # the same ids after a restart
     assert SessionRegistry(tmp_path, "configured").key == b"configured"
-    assert SessionRegistry(tmp_path / "other").session_id_of("c1", "u1", "t1") != first.session_id_of("c1", "u1", "t1")
+    t1 = ThreadRef("c1", "u1", "t1")
+    assert SessionRegistry(tmp_path / "other").session_id_of(t1) != first.session_id_of(t1)
 
 
 def test_registry_is_persisted_atomically(tmp_path):
     registry = SessionRegistry(tmp_path)
-    entry = ThreadSession("t1-abc", "c1", "u1", "t1", "thread-t1", "https://github.com/a/b.git", "/w/t1", 1.0, 1.0)
+    entry = ThreadSession("t1-abc", ThreadRef("c1", "u1", "t1"), "thread-t1", "https://github.com/a/b.git", "/w/t1", 1.0, 1.0)
     registry.put(entry)
     registry.put(
-        ThreadSession("t1-abc", "c1", "u1", "t1", "thread-t1", "https://github.com/a/b.git", "/w/t1", 5.0, 5.0)
+        ThreadSession("t1-abc", ThreadRef("c1", "u1", "t1"), "thread-t1", "https://github.com/a/b.git", "/w/t1", 5.0, 5.0)
     )
     registry.update("t1-abc", branch="feature")
     files = sorted(p.name for p in (tmp_path / ".edge").iterdir())

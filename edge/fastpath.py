@@ -52,7 +52,7 @@ from edge.connguard import Admission, ConnectionGuard, peer_address
 from edge.headlimits import HEAD_LIMITS
 from edge.routing import Match, Route, RouteState
 
-log = logging.getLogger("edge.fastpath")
+log = logging.getLogger(__name__)
 
 # Bytes read ahead of the request being answered before reading pauses.
 READ_AHEAD = 256 * 1024
@@ -64,9 +64,6 @@ CHUNK_END = b"0\r\n\r\n"
 def _text(raw: bytes) -> str:
     """Bytes of a head as the rest of the edge sees them (aiohttp decodes the same way)."""
     return raw.decode("utf-8", "surrogateescape")
-
-
-__all__ = ["FastPath", "FrontProtocol", "Tally", "setup", "to_protocol"]  # Tally: edge.exchange's, for workers
 
 
 # Gives a connection, with the bytes read but not answered, to whoever handles the rest of it.

@@ -23,7 +23,7 @@ from edge import reserved
 from edge.classify import DECISION
 from edge.routing import Match
 
-log = logging.getLogger("edge.idle")
+log = logging.getLogger(__name__)
 
 # Probes and scrapes must not keep an unused edge alive.
 NOT_ACTIVITY = reserved.paths(activity=False)

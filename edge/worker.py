@@ -25,7 +25,8 @@ from yarl import URL
 
 from edge import keys, workers
 from edge.connguard import ConnectionGuard
-from edge.fastpath import FastPath, FrontProtocol, Tally
+from edge.exchange import Tally
+from edge.fastpath import FastPath, FrontProtocol
 from edge.hostpolicy import HostPolicy
 from edge.idle import IDLE, IdleWatch
 from edge.proxylog import JsonLines, ProxyLog

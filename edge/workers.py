@@ -47,7 +47,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from edge import keys, metrics
-from edge.fastpath import Tally
+from edge.exchange import Tally
 from edge.health import HEALTH_FIELDS
 from edge.idle import IDLE
 from edge.routing import RouteState

@@ -31,6 +31,7 @@ import aiohttp
 import anyio
 
 from core import processes
+from edge import eventloop
 from edge.proxylog import ProxyLog
 from edge.settings import Settings
 
@@ -232,4 +233,4 @@ def main(workspace: Path, site: Path, settings: Settings, verbose: bool = False)
     except (OSError, RuntimeError) as exc:
         print(f"edge demo: could not make the local repository: {exc}", file=sys.stderr)
         return 1
-    return asyncio.run(run_demo(settings, f"file://{bare}", verbose=verbose))
+    return eventloop.run(run_demo(settings, f"file://{bare}", verbose=verbose), settings.event_loop)

@@ -22,6 +22,7 @@ import anyio
 import nodesemver
 
 from core import processes
+from edge import eventloop
 from edge.auth import is_loopback
 from edge.settings import Settings, SettingsError
 from preview.node import AstroInstall, PreviewError, astro_install, node_version, npm_argv, resolve_node
@@ -302,6 +303,19 @@ def check_open_files(settings: Settings) -> Check:
     return Check("open files", OK, f"limit {'unlimited' if soft == resource.RLIM_INFINITY else soft}")
 
 
+def check_event_loop(settings: Settings) -> Check:
+    """The event loop ``edge serve`` will run on (``EDGE_EVENT_LOOP``; uvloop relays WebSockets faster)."""
+    kind, _factory = eventloop.loop_factory(settings.event_loop)
+    if kind == settings.event_loop == eventloop.UVLOOP:
+        from importlib.metadata import version
+
+        return Check("event loop", OK, f"uvloop {version('uvloop')}")
+    if kind == settings.event_loop:
+        return Check("event loop", OK, "asyncio (EDGE_EVENT_LOOP=asyncio)")
+    return Check("event loop", WARN, "uvloop is not installed: the edge serves on asyncio's slower loop",
+                 "install the project's dependencies (pip install .), or set EDGE_EVENT_LOOP=asyncio")
+
+
 def run_checks(settings: Settings, site: Path | None = None) -> list[Check]:
     checks = [check_git()]
     node_checks, node = check_node(settings, site)
@@ -314,6 +328,7 @@ def run_checks(settings: Settings, site: Path | None = None) -> list[Check]:
     checks.append(check_executor(settings))
     checks += check_aws(settings)
     checks.append(check_open_files(settings))
+    checks.append(check_event_loop(settings))
     return checks
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from edge import keys
+from edge import eventloop, keys
 from edge.app import create_app
 from edge.auth import exposure_problem, is_loopback
 from edge.connguard import ConnectionGuard
@@ -141,7 +141,7 @@ async def serve(settings: Settings, *, proxy_log: ProxyLog | None = None) -> Non
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    log.info("edge listening on %s (workspace %s)", edge.site.name, settings.workspace_path)
+    log.info("edge listening on %s (workspace %s, event loop %s)", edge.site.name, settings.workspace_path, eventloop.running_loop())
     if settings.api_token is None and not is_loopback(settings.host):
         log.warning("EDGE_ALLOW_NO_AUTH=1: the API on %s answers anyone without a token", edge.site.name)
     watchdog: asyncio.TimerHandle | None = None
@@ -176,4 +176,5 @@ def exit_now(app: web.Application, why: str, code: int) -> None:
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    """Serve on the event loop ``EDGE_EVENT_LOOP`` names (:mod:`edge.eventloop`)."""
+    eventloop.run(serve(settings), settings.event_loop)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Mapping, TypeVar
 
 from control.settings import CLAUDE_EXECUTORS, ControlSettings, default_workspace
+from edge.eventloop import LOOPS as EVENT_LOOPS
 from preview.settings import PreviewSettings
 
 DEFAULT_PUBLIC_HOSTS = (
@@ -153,6 +154,7 @@ class Settings(ControlSettings, PreviewSettings):
     tab_isolation: bool = True  # EDGE_TAB_ISOLATION=0: no tab worker; prefix mode routes root paths by cookie only (edge.tabs)
     preview_host_redirect: bool = False  # EDGE_PREVIEW_HOST_REDIRECT=1: prefix page loads 307 to the session's host (edge.hostredirect)
     workers: int = 1  # EDGE_WORKERS: processes serving the port (edge.workers); more than 1 puts the fast path on more cores
+    event_loop: str = "uvloop"  # EDGE_EVENT_LOOP: uvloop (asyncio's when uvloop is missing) or asyncio (edge.eventloop)
     flow_log: Path | None = None
     api_token: str | None = field(default=None, repr=False)
     # EDGE_API_TRUSTED_NETWORKS: callers from these networks (Hermes in the VPC) need no bearer token
@@ -204,6 +206,7 @@ class Settings(ControlSettings, PreviewSettings):
             tab_isolation=_bool(env, "EDGE_TAB_ISOLATION", cls.tab_isolation),
             preview_host_redirect=_bool(env, "EDGE_PREVIEW_HOST_REDIRECT", cls.preview_host_redirect),
             workers=_workers(env),
+            event_loop=(env.get("EDGE_EVENT_LOOP") or cls.event_loop).strip().lower(),
             flow_log=Path(flow_log) if flow_log else None,
             api_token=env.get("EDGE_API_TOKEN") or None,
             api_trusted_networks=_networks(env, "EDGE_API_TRUSTED_NETWORKS", ""),
@@ -259,6 +262,8 @@ class Settings(ControlSettings, PreviewSettings):
             raise SettingsError(f"PORT={settings.port} is not a TCP port")
         if not 1 <= settings.workers <= 64:
             raise SettingsError(f"EDGE_WORKERS={settings.workers} must be between 1 and 64")
+        if settings.event_loop not in EVENT_LOOPS:
+            raise SettingsError(f"EDGE_EVENT_LOOP={settings.event_loop!r} is not one of {', '.join(EVENT_LOOPS)}")
         if settings.claude_executor not in CLAUDE_EXECUTORS:
             raise SettingsError(f"CLAUDE_EXECUTOR={settings.claude_executor!r} is not one of {', '.join(CLAUDE_EXECUTORS)}")
         for pattern in settings.session_host_patterns:

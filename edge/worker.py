@@ -1,7 +1,8 @@
 """An edge worker process: the fast path on one more core (started by :mod:`edge.workers`).
 
-``python -m edge.worker <fd>``: ``fd`` is its end of the socket pair to the
-main process, which sends the settings first. The worker listens on the
+``python -m edge.worker <fd> <loop>``: ``fd`` is its end of the socket pair to the
+main process, which sends the settings first; ``loop`` is the main process's
+``EDGE_EVENT_LOOP`` (the loop is chosen before the settings arrive). The worker listens on the
 edge's address with ``SO_REUSEPORT``, answers plain GETs to ready previews
 (:mod:`edge.fastpath`) and passes every other connection to the main process.
 It stops on SIGTERM (after the answers in progress, within
@@ -23,7 +24,7 @@ import sys
 from aiohttp import web
 from yarl import URL
 
-from edge import keys, workers
+from edge import eventloop, keys, workers
 from edge.connguard import ConnectionGuard
 from edge.exchange import Tally
 from edge.fastpath import FastPath, FrontProtocol
@@ -148,14 +149,15 @@ async def main_async(fd: int) -> None:
     settings, host, port, number = pickle.loads(first[1:])
     channel.setblocking(False)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s[worker {number}]: %(message)s")
+    log.info("edge worker %d serving %s:%d (event loop %s)", number, host, port, eventloop.running_loop())
     await WorkerServer(channel, settings).run(host, port)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m edge.worker <fd> (started by the edge itself)", file=sys.stderr)
+    if len(argv) not in (1, 2) or not argv[0].isdigit() or argv[1:2] not in ([], *([name] for name in eventloop.LOOPS)):
+        print(f"usage: python -m edge.worker <fd> [{'|'.join(eventloop.LOOPS)}] (started by the edge itself)", file=sys.stderr)
         return 2
-    asyncio.run(main_async(int(argv[0])))
+    eventloop.run(main_async(int(argv[0])), argv[1] if len(argv) > 1 else eventloop.ASYNCIO)
     return 0
 
 

@@ -149,7 +149,8 @@ class WorkerPool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edge.worker", str(theirs.fileno()), pass_fds=(theirs.fileno(),)
+                sys.executable, "-m", "edge.worker", str(theirs.fileno()), self.app[keys.SETTINGS].event_loop,
+                pass_fds=(theirs.fileno(),),
             )
         finally:
             theirs.close()

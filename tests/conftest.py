@@ -6,11 +6,13 @@ Topic-specific fixtures live in ``tests/fixtures_*.py`` modules listed in
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from edge.proxylog import ProxyLog
@@ -67,6 +69,22 @@ def fast_path(request: pytest.FixtureRequest) -> bool:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("both_paths") and "fast_path" in metafunc.fixturenames:
         metafunc.parametrize("fast_path", [True, False], ids=["fast", "aiohttp"], indirect=True)
+
+
+# The event loops a test runs on: asyncio's, and in modules marked ``both_loops`` also
+# uvloop's (the edge's default, EDGE_EVENT_LOOP), for the code that works on transports directly.
+ASYNCIO_ONLY = {"asyncio": asyncio.new_event_loop}
+BOTH_LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """pytest-asyncio's hook: each async test in a ``both_loops`` module runs once per loop."""
+    return BOTH_LOOPS if item.get_closest_marker("both_loops") else ASYNCIO_ONLY
+
+
+def running_loop() -> str:
+    """``uvloop`` or ``asyncio``: the loop the test runs on (and the edge it starts with it)."""
+    return "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from tests.support.rawhttp import closed_by_peer, open_raw, read_response, reque
 from tests.support.routes import add_route
 from tests.support.upstreams import raw_upstream
 
-pytestmark = pytest.mark.both_paths
+pytestmark = [pytest.mark.both_paths, pytest.mark.both_loops]
 
 
 def status_line(data: bytes) -> bytes:

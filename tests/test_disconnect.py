@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp import web
 
 from tests.support.rawhttp import open_raw, read_response, request
 from tests.support.routes import add_route
 from tests.support.upstreams import app_with
+
+pytestmark = pytest.mark.both_loops  # code on transports: asyncio's loop and uvloop's
 
 FOREVER = 3600
 

@@ -54,6 +54,19 @@ def test_healthy_setup_exits_0(tmp_path):
     assert not (tmp_path / "workspace").exists(), "the doctor only checks; it never creates the workspace"
 
 
+def test_the_event_loop_is_reported(tmp_path):
+    import uvloop
+
+    default = line(doctor(tmp_path), "event loop")
+    assert default.startswith("OK") and default.endswith(f"uvloop {uvloop.__version__}")
+    assert "asyncio" in line(doctor(tmp_path, EDGE_EVENT_LOOP="asyncio"), "event loop")
+    blocker = tmp_path / "no-uvloop"  # a module named uvloop that cannot be imported
+    blocker.mkdir()
+    (blocker / "uvloop.py").write_text("raise ImportError('uvloop is hidden by the test')\n")
+    hidden = line(doctor(tmp_path, PYTHONPATH=str(blocker)), "event loop")
+    assert hidden.startswith("WARN") and "EDGE_EVENT_LOOP=asyncio" in hidden
+
+
 def test_missing_node_fails(tmp_path):
     result = doctor(tmp_path, NODE_BINARY="/nonexistent")
     assert result.returncode == 1

@@ -25,7 +25,7 @@ from tests.test_metrics import AUTH, TOKEN, WAIT, parse, value
 from tests.support.polling import wait_until
 from tests.support.websocket import PROTOCOLS, WsUpstream
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.both_paths]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.both_paths, pytest.mark.both_loops]
 
 
 def held_upstream(arrived: asyncio.Event, release: asyncio.Event) -> web.Application:

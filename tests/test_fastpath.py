@@ -11,6 +11,8 @@ import asyncio
 import io
 import json
 from dataclasses import replace
+
+import pytest
 from aiohttp import web
 
 from edge.fastpath import FAST_PATH
@@ -19,6 +21,8 @@ from edge.server import start_edge
 from tests.support.rawhttp import open_raw, read_head, read_response, request
 from tests.support.routes import add_route
 from tests.support.upstreams import app_with, canned, raw_upstream
+
+pytestmark = pytest.mark.both_loops  # code on transports: asyncio's loop and uvloop's
 
 # Headers only one of the two servers writes by itself (aiohttp's server signs its answers).
 OWN_HEADERS = {"date", "server"}

@@ -36,7 +36,7 @@ from tests.support.upstreams import (
 )
 
 # Every test runs with the fast path on and off: the two request paths answer alike.
-pytestmark = pytest.mark.both_paths
+pytestmark = [pytest.mark.both_paths, pytest.mark.both_loops]
 
 MiB = 1024 * 1024
 

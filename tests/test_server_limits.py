@@ -25,6 +25,8 @@ from tests.support.routes import add_route
 from tests.support.upstreams import app_with
 from tests.support.websocket import ws_echo
 
+pytestmark = pytest.mark.both_loops  # code on transports: asyncio's loop and uvloop's
+
 HEALTH = request("GET", "/health")
 # A head long enough that trickling it takes far longer than the test's header timeout.
 PADDED_HEAD = request("GET", "/health", headers={"X-Padding": "p" * 400})

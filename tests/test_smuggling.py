@@ -13,6 +13,8 @@ import pytest
 from tests.support.rawhttp import closed_by_peer, open_raw, read_response, request
 from tests.support.routes import add_route
 
+pytestmark = pytest.mark.both_loops  # code on transports: asyncio's loop and uvloop's
+
 HEAD = b"POST /session/s1/x HTTP/1.1\r\nHost: localhost\r\n"
 HEAD10 = b"POST /session/s1/x HTTP/1.0\r\nHost: localhost\r\n"
 

@@ -27,7 +27,7 @@ WAIT = 10.0  # the bound on every wait: a relay that hangs fails the test instea
 BOUNDED = aiohttp.ClientWSTimeout(ws_receive=WAIT, ws_close=WAIT)
 
 # Every test runs with the fast path on and off: the two request paths answer alike.
-pytestmark = [pytest.mark.timeout(120), pytest.mark.both_paths]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.both_paths, pytest.mark.both_loops]
 
 
 async def within(awaitable: Awaitable[T]) -> T:

@@ -6,12 +6,15 @@ import io
 import json
 
 import aiohttp
+import pytest
 
 from edge.proxylog import JsonLines, ProxyLog
 from tests.support.polling import wait_until
 from tests.support.routes import add_route
 from tests.support.websocket import PROTOCOLS, WsUpstream
 from tests.test_metrics import WAIT, scrape, value
+
+pytestmark = pytest.mark.both_loops  # code on transports: asyncio's loop and uvloop's
 
 TOKEN = "metrics-token"
 

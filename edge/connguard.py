@@ -170,6 +170,11 @@ class ConnectionGuard:
         if slot is not None:
             slot.last_read = self._clock()
 
+    def slot(self, protocol: GuardedConnection) -> Slot | None:
+        """What the guard keeps of a connection, for one that records its reads itself (an upgraded WebSocket:
+        ``slot.last_read = time.monotonic()`` per read, without :meth:`read`'s lookup)."""
+        return self._open.get(protocol)
+
     def attribute(self, protocol: GuardedConnection, client: str) -> bool:
         """A request head named the client behind a trusted proxy; False when that client is over its limit."""
         slot = self._open.get(protocol)

@@ -26,7 +26,8 @@ Idle kept-alive connections are closed by aiohttp's own ``keepalive_timeout``
 
 aiohttp has no hook for "a request head was parsed", so :class:`EdgeProtocol`
 reads attributes of its base class (``_waiter``, ``_request_count``,
-``_current_request``, ``_payload_parser``, ``_reading_paused``), as aiohttp's
+``_current_request``, ``_payload_parser``, ``_reading_paused``, and on an
+upgraded WebSocket's reads ``_force_close``, ``_close``, ``_data_received_cb``), as aiohttp's
 own keep-alive check does, and sets the version of its placeholder request
 for unparsable heads (``_version``); aiohttp is pinned to 3.14.x and
 ``tests/test_server_limits.py`` fails if their meaning changes.
@@ -38,14 +39,15 @@ import asyncio
 import logging
 import re
 import socket
-from typing import TYPE_CHECKING, Any
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
-from edge.connguard import Admission, ConnectionGuard, is_health_check, peer_address
+from edge.connguard import Admission, ConnectionGuard, Slot, is_health_check, peer_address
 from edge.errors import error_page, raw_error
 from edge.headers import client_address
 from edge.headlimits import HEAD_LIMITS
@@ -64,7 +66,7 @@ class EdgeProtocol(RequestHandler):
     """aiohttp's HTTP/1.1 protocol with the connection cap, a request-head deadline and size limit,
     and parser errors answered in the edge's shape."""
 
-    __slots__ = ("_guard", "_admitted", "_head_timer", "_head", "_in_head", "_accept_seen", "_reserve")
+    __slots__ = ("_guard", "_admitted", "_head_timer", "_head", "_in_head", "_accept_seen", "_reserve", "_socket_slot")
 
     def __init__(self, manager: Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         limits = {
@@ -80,6 +82,7 @@ class EdgeProtocol(RequestHandler):
         self._in_head = True  # a request head is being read (from the connection's start)
         self._accept_seen = ""
         self._reserve = False  # admitted past the cap: health checks only
+        self._socket_slot: Slot | None = None  # the guard's slot once a WebSocket took the connection over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         admission = self._guard.admit(self, peer_address(transport))
@@ -99,7 +102,25 @@ class EdgeProtocol(RequestHandler):
         self._stop_head_clock()
         super().connection_lost(exc)
 
+    def set_parser(self, parser: Any, data_received_cb: Callable[[], None] | None = None) -> None:
+        """A WebSocket takes the connection over (after its 101): from now on :meth:`data_received` only
+        records when the client last sent something (idle sockets stay the first to be evicted) and feeds
+        the frames on; there are no more heads and no body deadline on it."""
+        super().set_parser(parser, data_received_cb)
+        self._in_head = False
+        self._stop_head_clock()
+        self._socket_slot = self._guard.slot(self)
+
     def data_received(self, data: bytes) -> None:
+        slot = self._socket_slot
+        if slot is not None:  # an upgraded WebSocket, read for read (aiohttp's branch for a set parser)
+            slot.last_read = monotonic()
+            if data and not (self._force_close or self._close):
+                if self._data_received_cb is not None:
+                    self._data_received_cb()
+                if self._payload_parser.feed_data(data)[0]:  # type: ignore[union-attr]
+                    self.close()
+            return
         self._guard.read(self)
         if not self._in_head and self.waiting_for_head():
             self._in_head = True  # the first byte of the next request on a kept-alive connection

@@ -247,6 +247,27 @@ async def test_idle_websockets_at_the_cap_make_room_for_new_clients(edge, serve)
             await ws.close()
 
 
+async def test_at_the_cap_the_websocket_quiet_for_longest_makes_room(edge, serve):
+    """Among WebSockets, eviction goes by when each last sent something (recorded per read after the
+    101, without the head bookkeeping), not by when it opened."""
+    upstream = await serve(app_with({"GET /ws": ws_echo()}))
+    server = await edge(max_connections=3, header_timeout=60, keepalive_timeout=60)
+    add_route(server, "s1", upstream.origin)
+    async with aiohttp.ClientSession() as client:
+        sockets = [await client.ws_connect(server.url("/session/s1/ws")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await sockets[0].send_str("still here")  # the oldest socket is the one that spoke last
+        assert (await sockets[0].receive(timeout=10)).data == "still here"
+        assert await answered(server.port)  # one socket had to make room
+        gone = await sockets[1].receive(timeout=10)
+        assert gone.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        for ws in (sockets[0], sockets[2]):
+            await ws.send_str("ping")
+            assert (await ws.receive(timeout=10)).data == "ping"
+        for ws in sockets:
+            await ws.close()
+
+
 async def test_a_request_body_that_stops_sending_is_closed_after_the_body_timeout(edge, recording_upstream):
     server = await edge(body_timeout=0.5, header_timeout=60, first_byte_timeout=60)
     add_route(server, "s1", recording_upstream.origin)

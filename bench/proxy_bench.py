@@ -3,9 +3,9 @@
 Measures, for one small static file (the size of a small stylesheet):
 
 * requests per second and p50/p99 latency straight to the upstream (a Node
-  ``http`` server, or with ``--upstream nginx`` Debian's nginx), through the edge (``python -m edge serve``, route added
-  with its API; one process, and with ``EDGE_WORKERS=2`` a second process
-  on the port) and through configurable-http-proxy (``--change-origin``,
+  ``http`` server, or with ``--upstream nginx`` Debian's nginx), through the edge (``python -m edge serve``
+  on uvloop as it serves by default, route added with its API; one process, and with ``EDGE_WORKERS=2``
+  a second process on the port; ``--asyncio`` adds the edge on asyncio's loop) and through configurable-http-proxy (``--change-origin``,
   route added with its API);
 * WebSocket echo round trips per second, straight and through the proxies
   (``--ws-repeat`` rounds, interleaved: the median and the spread per path);
@@ -52,11 +52,7 @@ WS_SESSION = "benchws"
 WATCHDOG_SECONDS = 900
 PAYLOAD = (b"/* a small stylesheet */\nh1 { color: rgb(1, 2, 3); }\n" * 40)[:2048]
 TICK = os.sysconf("SC_CLK_TCK")
-# `--uvloop`: the same edge on uvloop's event loop (uvloop must be importable).
-UVLOOP_EDGE = (
-    "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
-    "from edge.cli import main; sys.exit(main(sys.argv[1:]))"
-)
+EDGE_ASYNCIO = "edge (asyncio)"  # `--asyncio`: the same edge on asyncio's loop (EDGE_EVENT_LOOP=asyncio)
 # A minimal static file server: the same small body for every GET, as a
 # static-file server answers once the file is in memory.
 NODE_STATIC = r"""
@@ -253,17 +249,17 @@ def check_tools(upstream: str) -> None:
         sys.exit(f"missing {', '.join(missing)}: run `bash scripts/setup.sh` first")
 
 
-def start_edge(procs: Processes, workdir: Path, name: str, uvloop: bool, workers: int = 1) -> tuple[str, tuple[int, ...]]:
-    """``python -m edge serve`` (or the same on uvloop) with an API token; returns origin and pids."""
+def start_edge(procs: Processes, workdir: Path, name: str, loop: str = "uvloop", workers: int = 1) -> tuple[str, tuple[int, ...]]:
+    """``python -m edge serve`` on event loop ``loop`` with an API token; returns origin and pids."""
     port = free_port()
-    launcher = ["-c", UVLOOP_EDGE] if uvloop else ["-m", "edge"]
     pid = procs.start(
         name,
-        [sys.executable, *launcher, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env={
             "WORKSPACE_PATH": str(workdir / name),
             "EDGE_API_TOKEN": API_TOKEN,
             "EDGE_WORKERS": str(workers),
+            "EDGE_EVENT_LOOP": loop,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         },
     )
@@ -272,6 +268,8 @@ def start_edge(procs: Processes, workdir: Path, name: str, uvloop: bool, workers
         health = json.loads(wait_http(origin + "/health"))
     except RuntimeError:
         sys.exit(f"{name} did not start; its log:\n{procs.log_tail(name)}")
+    if f"event loop {loop}" not in (procs.logs / f"{name}.log").read_text(errors="replace"):  # uvloop missing: asyncio
+        sys.exit(f"{name} does not run on {loop}; its log:\n{procs.log_tail(name)}")
     return origin, (pid, *(w["pid"] for w in health.get("workers", [])))
 
 
@@ -306,7 +304,7 @@ def start_static(procs: Processes, workdir: Path, upstream: str) -> tuple[int, i
     return port, procs.start("static", [str(NGINX), "-p", str(workdir), "-c", str(conf)])
 
 
-def start_servers(procs: Processes, workdir: Path, uvloop: bool, upstream: str) -> tuple[list[Target], list[Target]]:
+def start_servers(procs: Processes, workdir: Path, with_asyncio: bool, upstream: str) -> tuple[list[Target], list[Target]]:
     """Start upstreams and proxies, add the routes, check each path; return HTTP and WebSocket targets."""
     static_port, static_pid = start_static(procs, workdir, upstream)
     ws_port = free_port()
@@ -316,11 +314,11 @@ def start_servers(procs: Processes, workdir: Path, uvloop: bool, upstream: str) 
         raise RuntimeError("the static upstream returned a different body")
 
     proxies: dict[str, tuple[str, tuple[int, ...]]] = {
-        "edge": start_edge(procs, workdir, "edge", uvloop=False),
-        EDGE_2: start_edge(procs, workdir, "edge-2", uvloop=False, workers=2),
+        "edge": start_edge(procs, workdir, "edge"),
+        EDGE_2: start_edge(procs, workdir, "edge-2", workers=2),
     }
-    if uvloop:
-        proxies["edge (uvloop)"] = start_edge(procs, workdir, "edge-uvloop", uvloop=True)
+    if with_asyncio:
+        proxies[EDGE_ASYNCIO] = start_edge(procs, workdir, "edge-asyncio", loop="asyncio")
     for origin, _ in proxies.values():
         for session, target in ((STATIC_SESSION, static), (WS_SESSION, echo)):
             post_json(f"{origin}/api/routes/{session}", {"target": target}, {"Authorization": f"Bearer {API_TOKEN}"})
@@ -353,10 +351,10 @@ def print_report(http: list[HttpResult], ws: list[WsResult], args: argparse.Name
               f"CPU per request {edge.cpu_us / chp.cpu_us:.2f}x")
         print(f"{name} p99 {edge.p99_ms:.2f} ms vs configurable-http-proxy p99 {chp.p99_ms:.2f} ms (target: lower)")
         print(f"{name} / direct throughput: {edge.rps / direct.rps:.2f}x")
-    if "edge (uvloop)" in by:
-        uv = by["edge (uvloop)"]
-        print(f"edge (uvloop) / configurable-http-proxy: throughput {uv.rps / chp.rps:.2f}x, "
-              f"CPU per request {uv.cpu_us / chp.cpu_us:.2f}x")
+    if EDGE_ASYNCIO in by:
+        other = by[EDGE_ASYNCIO]
+        print(f"{EDGE_ASYNCIO} / configurable-http-proxy: throughput {other.rps / chp.rps:.2f}x, "
+              f"CPU per request {other.cpu_us / chp.cpu_us:.2f}x")
     print(f"\nWebSocket echo: {args.ws_connections} sockets x {args.ws_messages} round trips of 64 bytes, "
           f"median of {args.ws_repeat} interleaved rounds")
     print(f"{'path':<26}{'msg/s':>9}{'messages':>10}{'CPU µs/msg':>12}  rounds (msg/s)")
@@ -365,7 +363,7 @@ def print_report(http: list[HttpResult], ws: list[WsResult], args: argparse.Name
         print(f"{w.name:<26}{w.messages_per_second:>9.0f}{w.messages:>10}{w.cpu_us:>12.0f}  {rounds}")
     wby = {w.name: w for w in ws}
     chp_ws = wby["configurable-http-proxy"]
-    for name in ("edge", EDGE_2):
+    for name in [n for n in ("edge", EDGE_2, EDGE_ASYNCIO) if n in wby]:
         per_round = [e / c for e, c in zip(wby[name].rounds, chp_ws.rounds)]
         print(f"WebSocket {name} / configurable-http-proxy: {wby[name].messages_per_second / chp_ws.messages_per_second:.2f}x "
               f"(per round {min(per_round):.2f}-{max(per_round):.2f}x; CPU per message {wby[name].cpu_us / chp_ws.cpu_us:.2f}x)")
@@ -379,7 +377,7 @@ def benchmark(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp, ExitStack() as stack:
         procs = Processes(Path(tmp))
         stack.callback(procs.stop_all)
-        http_targets, ws_targets = start_servers(procs, Path(tmp), args.uvloop, args.upstream)
+        http_targets, ws_targets = start_servers(procs, Path(tmp), args.asyncio, args.upstream)
         cookie = {"Cookie": f"edge_session={STATIC_SESSION}"}  # what a browser sends after the first page
         for target in http_targets:
             run_wrk(target, connections=args.connections, seconds=1, headers=cookie)  # warm-up
@@ -406,7 +404,7 @@ def main() -> int:
     parser.add_argument("--ws-connections", type=int, default=8)
     parser.add_argument("--ws-messages", type=int, default=2000, help="round trips per WebSocket")
     parser.add_argument("--ws-repeat", type=int, default=3, help="WebSocket rounds per path, interleaved (the median counts)")
-    parser.add_argument("--uvloop", action="store_true", help="also measure the edge on uvloop (must be importable)")
+    parser.add_argument("--asyncio", action="store_true", help="also measure the edge on asyncio's event loop (EDGE_EVENT_LOOP=asyncio)")
     parser.add_argument("--upstream", choices=("node", "nginx"), default="node", help="the static upstream (nginx: Debian's)")
     commands = parser.add_subparsers(dest="command")
     echo = commands.add_parser("ws-echo", help=argparse.SUPPRESS)

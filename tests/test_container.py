@@ -189,6 +189,12 @@ def container_image(box: Container) -> str:
 def test_doctor_passes_inside(container):
     doctor = container.exec("edge", "doctor")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert re.search(r"^OK +event loop +uvloop ", doctor.stdout, re.M), doctor.stdout  # the image has uvloop
+
+
+def test_the_edge_serves_on_uvloop_inside(container):
+    container.wait_for(lambda: health(container), "/health to answer", 60)
+    assert "event loop uvloop" in container.logs()
 
 
 def test_claude_code_runs_inside(container):

@@ -67,10 +67,12 @@ async def test_edge_serve_runs_on_uvloop_workers_too(tmp_path):
 
 
 async def test_edge_serve_on_asyncio_when_told(tmp_path):
-    edge = await EdgeProcess.start(tmp_path, EDGE_EVENT_LOOP="asyncio")
+    edge = await EdgeProcess.start(tmp_path, EDGE_EVENT_LOOP="asyncio", EDGE_WORKERS="2")
     try:
+        await edge.wait_for_log("[worker 1]: edge worker 1 serving")
         listening = next(line for line in edge.lines if "edge listening on" in line)
         assert "event loop asyncio" in listening
+        assert "(event loop asyncio)" in next(line for line in edge.lines if "edge worker 1 serving" in line)
         async with aiohttp.ClientSession() as client:
             async with client.get(edge.url("/api/sessions"), headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
                 assert resp.status == 200

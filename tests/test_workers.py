@@ -13,6 +13,8 @@ import os
 import signal
 from dataclasses import replace
 
+import pytest
+
 from edge import keys
 from edge.fastpath import FAST_PATH
 from edge.metrics import METRICS
@@ -23,6 +25,9 @@ from tests.fixtures_claude import process_gone
 from tests.support.polling import wait_until
 from tests.support.rawhttp import open_raw, read_response, request
 from tests.support.routes import add_route
+
+# The main process on both loops (it adopts the workers' connections); the workers run on uvloop.
+pytestmark = pytest.mark.both_loops
 
 CONNECTIONS = 24
 

@@ -154,10 +154,11 @@ async def main_async(fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (1, 2) or not argv[0].isdigit() or argv[1:2] not in ([], *([name] for name in eventloop.LOOPS)):
+    loop = argv[1] if len(argv) == 2 else eventloop.ASYNCIO
+    if len(argv) not in (1, 2) or not argv[0].isdigit() or loop not in eventloop.LOOPS:
         print(f"usage: python -m edge.worker <fd> [{'|'.join(eventloop.LOOPS)}] (started by the edge itself)", file=sys.stderr)
         return 2
-    eventloop.run(main_async(int(argv[0])), argv[1] if len(argv) > 1 else eventloop.ASYNCIO)
+    eventloop.run(main_async(int(argv[0])), loop)
     return 0
 
 

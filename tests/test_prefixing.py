@@ -97,7 +97,12 @@ def test_vite_s_client_gets_the_prefix_for_imports_updates_and_sockets():
 
 def site():
     """A dev server's page, module and Vite client, each with an ETag that a reload revalidates."""
-    bodies = {"/page": (PAGE, "text/html"), "/src/main.ts": (MODULE, "text/javascript"), "/@vite/client": (VITE_CLIENT.encode(), "text/javascript")}
+    bodies = {
+        "/page": (PAGE, "text/html"),
+        "/src/main.ts": (MODULE, "text/javascript"),
+        "/node_modules/.vite/deps/chunk.js": (MODULE, "text/javascript"),
+        "/@vite/client": (VITE_CLIENT.encode(), "text/javascript"),
+    }
 
     async def answer(request: web.Request) -> web.StreamResponse:
         request.app[SEEN].append(request.path)
@@ -124,8 +129,13 @@ SCRIPT = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "script", "Accept": "*/*"}
 
 @pytest.mark.parametrize(
     ("path", "headers", "original"),
-    [("/page", DOCUMENT, PAGE), ("/page", {"Accept": "text/html"}, PAGE), ("/src/main.ts", SCRIPT, MODULE)],
-    ids=["page", "page-without-fetch-metadata", "module"],
+    [
+        ("/page", DOCUMENT, PAGE),
+        ("/page", {"Accept": "text/html"}, PAGE),
+        ("/src/main.ts", SCRIPT, MODULE),
+        ("/node_modules/.vite/deps/chunk.js", SCRIPT, MODULE),  # Vite 7's prebundled deps import /@vite/client too
+    ],
+    ids=["page", "page-without-fetch-metadata", "module", "prebundled"],
 )
 async def test_pages_and_modules_under_a_prefix_come_back_prefixed(edge, serve, client, path, headers, original):
     upstream = await serve(site())

@@ -1,6 +1,6 @@
 """The session table and how a request finds its session.
 
-A request reaches a session in one of three ways, tried in this order:
+A request reaches a session in one of four ways, tried in this order:
 
 1. host mode: the ``Host`` names the session (``abc--edit.amelia...``); the
    path goes upstream unchanged;

@@ -140,8 +140,10 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         flow.upstream_response_headers = upstream.headers
         out_headers = client_response_headers(upstream.headers, route.target, peer, found, flow)
         has_body = request.method != "HEAD" and upstream.status not in (204, 304)
-        if has_body and upstream.status == 200 and _rewritable(request, found, upstream):
-            return await _answer_rewritten(request, upstream, out_headers, ex, found)
+        if upstream.status == 200 and _rewritable(request, found, upstream):
+            if has_body:
+                return await _answer_rewritten(request, upstream, out_headers, ex, found)
+            out_headers.popall("Content-Length", None)  # HEAD: a GET's body would be rewritten, to a length unknown here
         length = upstream.content_length
         if has_body and length is not None and length <= SMALL_BODY and "Transfer-Encoding" not in upstream.headers:
             return await _answer_whole(request, upstream, out_headers, ex)

@@ -150,6 +150,8 @@ async def test_pages_and_modules_under_a_prefix_come_back_prefixed(edge, serve, 
     assert body != original and body.replace(PREFIX, b"") == original
     async with client.get(server.url(f"/session/abc{path}"), headers={**headers, "If-None-Match": f'W/"{len(original)}"'}) as resp:
         assert resp.status == 304  # a reload revalidates it
+    async with client.head(server.url(f"/session/abc{path}"), headers=headers) as resp:
+        assert resp.status == 200 and "Content-Length" not in resp.headers  # not the unrewritten length
 
 
 async def test_everything_else_passes_unchanged(edge, serve, client, fast_path):

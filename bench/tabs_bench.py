@@ -1,20 +1,18 @@
-"""What the tab worker (edge/tabs.py) costs a page load in Chromium, against straight to Astro.
+"""What per-tab sessions (edge/prefixing.py) cost a page load in Chromium, against straight to Astro.
 
 The same servers as ``pageload_bench.py`` (one ``astro dev`` of examples/site,
 one edge with a route to it), but Chromium treats the edge's public origin as
 secure (``--unsafely-treat-insecure-origin-as-secure``, as https is in
-production), so the edge's page gets the tab worker. Each round, in a fresh
-browser context per path:
+production), so it sends Fetch Metadata and the edge gives the page's and its
+modules' URLs the session prefix. Each round, in a fresh browser context per path:
 
-* first visit: wall time from ``goto`` until the final page's ``load`` event
-  (through the edge this includes the bootstrap page, the worker's install
-  and the reload);
+* first visit: wall time from ``goto`` until the page's ``load`` event;
 * reload: the Navigation Timing ``loadEventEnd`` and the last resource of a
-  reload of that page (through the edge every request then passes the worker).
+  reload of that page (through the edge every request is under the prefix).
 
 The HMR column: wall time from writing the CSS file to the ``h1``'s new
-colour in the page, through the edge (worker, HMR socket under the prefix)
-and direct (``main h1``, else the first ``h1``). Run:
+colour in the page, through the edge (HMR socket and re-import under the
+prefix) and direct (``main h1``, else the first ``h1``). Run:
 ``.venv/bin/python bench/tabs_bench.py [--rounds 5] [--site starlight]`` (``--site``: see preview_bench.py).
 """
 
@@ -49,7 +47,7 @@ async def visit(browser: Browser, url: str, css: Path, colours: list[str]) -> di
         page = await context.new_page()
         started = time.perf_counter()
         await page.goto(url, wait_until="load", timeout=60_000)
-        await page.wait_for_function("() => document.title !== 'Opening the preview…' && document.readyState === 'complete'", timeout=60_000)
+        await page.wait_for_function("() => document.readyState === 'complete'", timeout=60_000)
         first = (time.perf_counter() - started) * 1000
         await page.wait_for_load_state("networkidle", timeout=60_000)
         connected = asyncio.Event()
@@ -97,7 +95,7 @@ async def measure(astro_port: int, edge_port: int, css: Path, rounds: int) -> di
 
 
 def report(results: dict[str, list[dict[str, float]]], rounds: int, loadavg: tuple[float, float, float]) -> None:
-    print(f"\nTab worker in Chromium: {preview_bench.BENCH_SITE.name} site, {os.cpu_count()} cores, {rounds} rounds, "
+    print(f"\nPer-tab sessions in Chromium: {preview_bench.BENCH_SITE.name} site, {os.cpu_count()} cores, {rounds} rounds, "
           f"load average at start {loadavg[0]:.2f} {loadavg[1]:.2f} {loadavg[2]:.2f}\n")
     print(f"{'measure':34}  {'edge median':>11}  {'direct median':>13}  {'edge/direct':>11}")
     for key, label in (("first", "first visit, wall ms"), ("load", "reload loadEventEnd ms"),

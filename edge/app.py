@@ -18,7 +18,7 @@ from control.sessions import REGISTRY
 from control.threads import THREADS
 from control.workspaces import WORKSPACES
 from core.errors import error_middleware
-from edge import apilog, auth, fastpath, health, idle, keys, metrics, operator, previews, proxy, routes_api, startpage, stopping, tabs, tracking, workers
+from edge import apilog, auth, fastpath, health, idle, keys, metrics, operator, previews, proxy, routes_api, startpage, stopping, tracking, workers
 from edge.classify import DECISION, Refusal, classify
 from edge.errors import error_response
 from edge.framing import reject_ambiguous_framing
@@ -181,6 +181,5 @@ def create_app(settings: Settings | None = None, *, proxy_log: ProxyLog | None =
 
     # 7. The edge's own pages, then the catch-all.
     startpage.setup(app)  # /session/_edge/status/<id>: what the waiting page polls
-    tabs.setup(app)  # the tab worker that keeps each browser tab on its own session (prefix mode)
     proxy.setup(app)  # the session proxy: the catch-all route, and the exchanges every path reports to
     return app

@@ -11,8 +11,12 @@ so they cannot decide differently. In order:
 5. a host outside ``EDGE_PUBLIC_HOSTS``: 421, never proxied;
 6. ``/session/<id>/...`` (prefix mode), or ``/session/<id>``: 307 to the slash;
 7. the edge's own paths (:mod:`edge.reserved`): never the cookie's;
-8. the edge's cookie: proxied, except navigations, which get 307 under the prefix;
-9. anything else belongs to no session (404).
+8. the page that asked (a same-host ``Referer`` under ``/session/<id>/``):
+   proxied to that page's session, except navigations and stylesheet or script
+   loads, which get 307 under the prefix (so what they load in turn names the
+   session too);
+9. the edge's cookie: proxied, except navigations, which get 307 under the prefix;
+10. anything else belongs to no session (404).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from core.ids import is_session_id
 from edge import reserved
 from edge.hostpolicy import HostPolicy, split_host
-from edge.routing import Match, MatchKind, Redirect, cookie_session, is_navigation, match_prefix
+from edge.routing import Match, MatchKind, Redirect, cookie_session, is_navigation, match_prefix, referrer_session
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
@@ -58,6 +62,8 @@ DECISION = web.RequestKey("decision", object)
 ABSOLUTE_FORM = Refusal(400, "Absolute-form and authority-form request targets are not accepted.")
 BAD_HOST = Refusal(400, "The request needs exactly one valid Host header.")
 _PROBES = ("GET", "HEAD")
+# Loads whose own requests name their URL as referrer: moved under the prefix so those requests name the session.
+_FOLLOWED = frozenset({"style", "script", "worker", "sharedworker", "iframe", "frame"})
 
 
 def classify(raw_path: str, method: str, headers: Headers, hosts: HostPolicy, *, upgrade: bool) -> Decision:
@@ -82,6 +88,11 @@ def classify(raw_path: str, method: str, headers: Headers, hosts: HostPolicy, *,
         return found
     if row is not None:
         return Own(path) if row.own or path == row.path else NoSession(path)
+    session = referrer_session(headers.get("Referer"), values[0])
+    if session is not None:
+        if not upgrade and (is_navigation(headers.get("Sec-Fetch-Mode"), headers.get("Accept")) or headers.get("Sec-Fetch-Dest") in _FOLLOWED):
+            return Redirect(f"/session/{session}{raw_path}")
+        return Match(session, MatchKind.REFERRER, raw_path, "")
     session = cookie_session(headers.get("Cookie"))
     if session is None or not is_session_id(session):
         return NoSession(path)

@@ -42,7 +42,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from edge import exchange as exchanges
-from edge import hostredirect, keys, metrics, tabs, viteguard
+from edge import hostredirect, keys, metrics, prefixing, viteguard
 from edge.classify import classify
 from edge.errors import raw_error, response_head
 from edge.exchange import Exchange, Tally
@@ -104,12 +104,10 @@ class FastPath:
             if name in headers:
                 return None
         found = classify(raw_path, "GET", headers, self.hosts, upgrade=False)
-        if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path) or tabs.needs_bootstrap(
-            found, headers, self.settings.tab_isolation
-        ):
+        if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path):
             return None
-        if tabs.prefixes_vite_client(found, self.settings.tab_isolation):
-            return None  # aiohttp's path gives Vite's client the tab's socket prefix
+        if prefixing.wanted(found, headers, self.settings.tab_isolation):
+            return None  # aiohttp's path gives a page's or module's URLs the session prefix
         if self.settings.preview_host_redirect and hostredirect.location(
             found, "GET", headers, True, self.settings.session_host_patterns
         ):

@@ -1,7 +1,7 @@
 """``EDGE_PREVIEW_HOST_REDIRECT=1``: send a browser's prefix navigation to the session's own host.
 
 Where wildcard DNS exists, host mode (``<session>--edit.example.com``) keeps
-each preview on an origin of its own, which needs no tab worker and no cookie.
+each preview on an origin of its own, which needs no rewriting and no cookie.
 With this setting a page opened at ``/session/<id>/<path>?<query>`` gets a 307
 to ``//<session host>[:port]/<path>?<query>`` (scheme-relative: the browser
 keeps its scheme). Only navigations are redirected (a page load, not a

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from edge import exchange, hostredirect, keys, metrics, startpage, tabs, viteguard
+from edge import exchange, hostredirect, keys, metrics, prefixing, startpage, viteguard
 from edge.auth import cross_site_upgrade
 from edge.errors import error_response
 from edge.exchange import EXCHANGES, Exchange
@@ -49,8 +49,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
         if moved is not None:
             return redirect(moved)  # EDGE_PREVIEW_HOST_REDIRECT: a page load goes to the session's own host
-        if tabs.needs_bootstrap(found, request.headers, settings.tab_isolation):
-            return tabs.bootstrap_response(found)  # per-tab sessions: a first navigation installs the tab worker
         return await proxy_session(request, found, upgrade)
     if isinstance(found, Redirect):
         return redirect(found.location)
@@ -142,25 +140,36 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         flow.upstream_response_headers = upstream.headers
         out_headers = client_response_headers(upstream.headers, route.target, peer, found, flow)
         has_body = request.method != "HEAD" and upstream.status not in (204, 304)
-        if has_body and upstream.status == 200 and "Content-Encoding" not in upstream.headers and tabs.prefixes_vite_client(
-            found, request.app[keys.SETTINGS].tab_isolation
-        ):
-            return await _answer_vite_client(request, upstream, out_headers, flow, found.prefix)
+        if upstream.status == 200 and _rewritable(request, found, upstream):
+            if has_body:
+                return await _answer_rewritten(request, upstream, out_headers, ex, found)
+            out_headers.popall("Content-Length", None)  # HEAD: a GET's body would be rewritten, to a length unknown here
         length = upstream.content_length
         if has_body and length is not None and length <= SMALL_BODY and "Transfer-Encoding" not in upstream.headers:
             return await _answer_whole(request, upstream, out_headers, ex)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
-        flow.response_headers = response.headers
-        await response.prepare(request)
-        if has_body:
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                    flow.bytes_out += len(chunk)
-            except BROKEN_STREAM as exc:
-                return _cut(request, response, ex, exc)
-        await response.write_eof()
-        return response
+        return await _stream(request, upstream, out_headers, ex, has_body)
+
+
+async def _stream(
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], ex: Exchange, has_body: bool, head: bytes = b""
+) -> web.StreamResponse:
+    """Answer with the body as it arrives (``head``: the part read already)."""
+    flow = ex.flow
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    flow.response_headers = response.headers
+    await response.prepare(request)
+    if head:
+        await response.write(head)
+        flow.bytes_out += len(head)
+    if has_body:
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+                flow.bytes_out += len(chunk)
+        except BROKEN_STREAM as exc:
+            return _cut(request, response, ex, exc)
+    await response.write_eof()
+    return response
 
 
 async def _answer_whole(
@@ -191,19 +200,40 @@ async def _answer_whole(
     return response
 
 
-async def _answer_vite_client(
-    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], flow: ProxyFlow, prefix: str
+def _rewritable(request: web.Request, found: Match, upstream: aiohttp.ClientResponse) -> bool:
+    """A page or module of a session under its prefix, uncompressed: its URLs get the prefix (edge.prefixing)."""
+    if "Content-Encoding" in upstream.headers or not prefixing.wanted(found, request.headers, request.app[keys.SETTINGS].tab_isolation):
+        return False
+    length = upstream.content_length
+    return (length is None or length <= prefixing.MAX_BODY) and prefixing.kind_of(upstream.headers.get("Content-Type", "")) is not None
+
+
+async def _answer_rewritten(
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], ex: Exchange, found: Match
 ) -> web.StreamResponse:
-    """Vite's client asked for under a session prefix: its WebSockets get the prefix (edge.tabs, per-tab sessions)."""
+    """A page or module asked for under a session prefix, its root-absolute URLs under that prefix.
+
+    A body that turns out bigger than ``prefixing.MAX_BODY`` (no length was
+    announced) is passed on unchanged as it arrives.
+    """
+    kind = prefixing.kind_of(upstream.headers.get("Content-Type", ""))
+    assert kind is not None
+    chunks: list[bytes] = []
+    size = 0
     try:
-        body = tabs.vite_client_with_prefix(await upstream.read(), prefix)
+        async for chunk in upstream.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > prefixing.MAX_BODY:
+                return await _stream(request, upstream, headers, ex, True, b"".join(chunks))
     except BROKEN_STREAM as exc:
-        flow.fail(UpstreamError.RESET, f"stream broke mid-body: {type(exc).__name__}", 502)
+        ex.fail(UpstreamError.RESET, f"stream broke mid-body: {type(exc).__name__}", 502)
         return error_response(request, 502, "The preview server is not reachable.", "It may have stopped; restart the preview.")
+    body = prefixing.rewrite(b"".join(chunks), kind, found.prefix, found.upstream_path)
     headers.popall("Content-Length", None)
     response = web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
-    flow.response_headers = response.headers
-    flow.bytes_out = len(body)
+    ex.flow.response_headers = response.headers
+    ex.flow.bytes_out = len(body)
     return response
 
 

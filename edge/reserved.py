@@ -37,7 +37,7 @@ TABLE: tuple[Reserved, ...] = (
     Reserved("/api", True, Access.TOKEN, metric="api"),
     Reserved("/_edge/login", False, Access.OPEN),
     Reserved("/_edge", True, Access.OPERATOR),
-    Reserved("/session/_edge", True, Access.OPEN, metric="preview"),  # the tab worker and the waiting page's status
+    Reserved("/session/_edge", True, Access.OPEN, metric="preview"),  # the waiting page's status
     Reserved("/session", True, Access.OPEN, own=False),
 )
 

@@ -1,12 +1,16 @@
 """The session table and how a request finds its session.
 
-A request reaches a session in one of three ways, tried in this order:
+A request reaches a session in one of four ways, tried in this order:
 
 1. host mode: the ``Host`` names the session (``abc--edit.amelia...``); the
    path goes upstream unchanged;
 2. prefix mode: ``/session/<id>/rest`` goes upstream as ``/rest``;
-3. cookie: a root-absolute request (``/@vite/client``, ``/src/...``, the HMR
-   socket at ``/?token=...``) carries the session in the edge's cookie.
+3. referrer: a root-absolute request (``/src/...``, ``fetch("/data.json")``)
+   made by a page or module under ``/session/<id>/`` of the same host names
+   that page in its ``Referer``: the tab's own session, whatever other tabs do;
+4. cookie: a root-absolute request without such a referrer (``curl``, the HMR
+   socket at ``/?token=...`` from a client the edge did not rewrite) carries
+   the session in the edge's cookie, which is per browser.
 """
 
 from __future__ import annotations
@@ -156,6 +160,7 @@ class SessionTable:
 class MatchKind(str, Enum):
     HOST = "host"
     PREFIX = "prefix"
+    REFERRER = "referrer"
     COOKIE = "cookie"
 
 
@@ -187,6 +192,26 @@ def match_prefix(raw_path: str) -> Match | Redirect | None:
     if rest is None:
         return Redirect(prefix + "/" + sep + query)
     return Match(session_id, MatchKind.PREFIX, rest + sep + query, prefix)
+
+
+def referrer_session(referer: str | None, host: str) -> str | None:
+    """The session of the page that made a request: a ``Referer`` on the same host under ``/session/<id>/``.
+
+    Browsers send the full referrer for same-origin requests unless a page
+    asks otherwise (``Referrer-Policy``); then the cookie decides.
+    """
+    if not referer:
+        return None
+    scheme, sep, rest = referer.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return None
+    authority, slash, path = rest.partition("/")
+    if authority != host or not slash:
+        return None
+    found = _PREFIX_RE.match("/" + path.partition("?")[0].partition("#")[0])
+    if not found or found.group("rest") is None or ".." in found.group("session") or found.group("session") == "_edge":
+        return None  # /session/_edge/…: the edge's own pages
+    return found.group("session")
 
 
 def cookie_session(cookie_header: str | None) -> str | None:

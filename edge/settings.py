@@ -151,7 +151,7 @@ class Settings(ControlSettings, PreviewSettings):
     max_connections_per_client: int = 64  # EDGE_MAX_CONNECTIONS_PER_CLIENT (edge.limits)
     body_timeout: float = 20.0  # EDGE_BODY_TIMEOUT: seconds a request body may send nothing
     fast_path: bool = True  # EDGE_FAST_PATH=0: every request through aiohttp's server and client (edge.fastpath)
-    tab_isolation: bool = True  # EDGE_TAB_ISOLATION=0: no tab worker; prefix mode routes root paths by cookie only (edge.tabs)
+    tab_isolation: bool = True  # EDGE_TAB_ISOLATION=0: pages and modules under a prefix pass unrewritten (edge.prefixing)
     preview_host_redirect: bool = False  # EDGE_PREVIEW_HOST_REDIRECT=1: prefix page loads 307 to the session's host (edge.hostredirect)
     workers: int = 1  # EDGE_WORKERS: processes serving the port (edge.workers); more than 1 puts the fast path on more cores
     event_loop: str = "uvloop"  # EDGE_EVENT_LOOP: uvloop (asyncio's when uvloop is missing) or asyncio (edge.eventloop)

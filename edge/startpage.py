@@ -23,10 +23,10 @@ from aiohttp import web
 from edge import keys
 from edge.errors import error_response
 from edge.routing import Route, RouteState
-from edge.tabs import EDGE_SESSION_NAMESPACE
 from preview.appkeys import PREVIEWS
 
-STATUS_PATH = EDGE_SESSION_NAMESPACE + "/status/{session}"
+# Under /session/ but never a session (session ids are DNS labels plus a hash: no "_").
+STATUS_PATH = "/session/_edge/status/{session}"
 POLL_MS = 2000
 
 # Each stage: (heading, what is happening, step number of 3).

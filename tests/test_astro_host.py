@@ -141,11 +141,12 @@ async def test_chromium_previews_edits_live_and_follows_root_links(own_preview: 
     # Vite logs this once its HMR socket has received {"type": "connected"}.
     await wait_until(lambda: any("[vite] connected" in m for m in page.console_messages), "the HMR socket to connect", HMR_DEADLINE_MS / 1000)
 
+    # The edge gave the page's URLs the prefix (edge/prefixing.py): Vite's client and its HMR socket live under it.
     sockets = [ws for ws in page.websockets if "?token=" in ws.url]
-    assert sockets and sockets[0].url.startswith(f"ws://{preview.public_host}/?token=")
+    assert sockets and sockets[0].url.startswith(f"ws://{preview.public_host}/session/{preview.session_id}/?token=")
     assert not sockets[0].is_closed()
     statuses = {r.url: r.status for r in page.responses}
-    assert f"http://{preview.public_host}/@vite/client" in statuses
+    assert f"http://{preview.public_host}/session/{preview.session_id}/@vite/client" in statuses
     assert all(200 <= status < 300 or status == 304 for status in statuses.values()), statuses
     assert page.problems() == []
 

@@ -82,8 +82,7 @@ async def test_an_id_that_is_no_host_label_stays_in_prefix_mode(edge, serve, cli
     upstream = await serve(upstream_app())
     server = await edge(preview_host_redirect=True)
     await post_route(server.origin, session_id, upstream.origin)
-    headers = {**NAVIGATE, "Service-Worker-Navigation-Preload": "true"}  # past the tab worker's bootstrap
-    async with client.get(server.url(f"/session/{session_id}/page"), headers=headers, allow_redirects=False) as resp:
+    async with client.get(server.url(f"/session/{session_id}/page"), headers=NAVIGATE, allow_redirects=False) as resp:
         assert resp.status == 200
         assert resp.headers["X-Edge-Session"] == session_id
 
@@ -95,4 +94,4 @@ async def test_off_by_default_and_without_session_host_patterns(edge, serve, cli
         await post_route(server.origin, "abc", upstream.origin)
         async with client.get(server.url("/session/abc/page"), headers=NAVIGATE, allow_redirects=False) as resp:
             assert resp.status == 200
-            assert resp.headers["X-Edge-Tab-Bootstrap"] == "1"  # prefix mode as before: the tab worker's page
+            assert resp.headers["X-Edge-Session"] == "abc"  # prefix mode as before: proxied

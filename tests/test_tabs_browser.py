@@ -1,7 +1,7 @@
-"""Two previews in two tabs of one Chromium context never mix (prefix mode, the tab worker of edge/tabs.py).
+"""Two previews in two tabs of one Chromium context never mix (prefix mode: edge/prefixing.py, Referer routing).
 
-The routing cookie is per browser, so without the tab worker the tab opened
-last would answer the other tab's root-absolute requests (module updates, CSS,
+The routing cookie is per browser, so by the cookie alone the tab opened last
+would answer the other tab's root-absolute requests (module updates, CSS,
 links). Here each tab's every response comes from its own session, an HMR CSS
 edit of thread 1 shows in tab 1 and never in tab 2, and a root-absolute link
 in tab 1 stays in thread 1, also after tab 2 reloads.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 
-from edge.tabs import WORKER_PATH
 from tests.chromium import PUBLIC_HOST
 from tests.fixtures_browser import WatchedPage, eventually, secure_browser
 from tests.support.polling import wait_until
@@ -38,10 +37,12 @@ async def hmr_connected(watched: WatchedPage, session_id: str) -> None:
 
 
 def foreign_responses(watched: WatchedPage, origin: str, session_id: str) -> list[str]:
-    """Responses from the edge that did not come from ``session_id`` (the worker script is the edge's own)."""
+    """Responses from the edge that did not come from ``session_id`` (or, the edge's 307s, lead elsewhere)."""
     wrong = []
     for response in watched.responses:
-        if not response.url.startswith(origin) or WORKER_PATH in response.url:
+        if not response.url.startswith(origin):
+            continue
+        if response.status == 307 and response.headers.get("location", "").startswith(f"/session/{session_id}/"):
             continue
         got = response.headers.get("x-edge-session")
         if got != session_id:
@@ -78,26 +79,33 @@ async def two_tabs(edge, browser, origin: str, one, two) -> None:
         tab2 = WatchedPage.watch(await context.new_page())
 
         first = await tab1.page.goto(url_one)
-        assert first is not None and first.headers.get("x-edge-tab-bootstrap") == "1"  # installs the worker, reloads
+        assert first is not None and first.status == 200  # the page itself, at once
         await eventually(tab1.page, f"() => ({H1_TEXT})() === \"Welcome to Amelia's site\"", "tab 1's page")
-        await tab2.page.goto(url_two)  # the worker is installed already: no bootstrap
+        await tab2.page.goto(url_two)
         await eventually(tab2.page, f"() => ({H1_TEXT})() === \"Welcome to Bea's site\"", "tab 2's page")
         await hmr_connected(tab1, one.session_id)
         await hmr_connected(tab2, two.session_id)
-        assert await tab1.page.evaluate("() => navigator.serviceWorker.controller !== null")
-        assert await tab2.page.evaluate("() => navigator.serviceWorker.controller !== null")
 
-        # Every request of each tab (document, /@vite/client, modules, CSS, the logo) reached its own session.
-        assert any("/@vite/client" in r.url for r in tab1.responses)
-        assert any("/logo.svg" in r.url for r in tab1.responses)
+        # Every request of each tab (document, /@vite/client, modules, CSS, the logo) reached its own session,
+        # and the page and its modules asked for them under the prefix (the edge gave their URLs the prefix).
+        for tab, thread in ((tab1, one), (tab2, two)):
+            urls = [r.url[len(origin):] for r in tab.responses if r.url.startswith(origin)]
+            assert f"/session/{thread.session_id}/@vite/client" in urls
+            assert any(url.startswith(f"/session/{thread.session_id}/src/") for url in urls)
+            assert f"/session/{thread.session_id}/logo.svg" in urls
+            assert [url for url in urls if not url.startswith(f"/session/{thread.session_id}/")] == []
         assert foreign_responses(tab1, origin, one.session_id) == []
         assert foreign_responses(tab2, origin, two.session_id) == []
-        # fetch() from the page at a root path too.
+        # fetch() from the page at a root path (no rewrite reaches it): its Referer names the tab's session.
         assert await tab1.page.evaluate("async () => (await fetch('/about')).headers.get('x-edge-session')") == one.session_id
         assert await tab2.page.evaluate("async () => (await fetch('/about')).headers.get('x-edge-session')") == two.session_id
+        # An image the page adds at run time at a root path too.
+        added = "() => new Promise((done) => { const i = new Image(); i.onload = () => done(i.naturalWidth); i.onerror = () => done(-1); i.src = '/logo.svg?added'; })"
+        assert await tab1.page.evaluate(added) > 0
+        assert any(r.url.endswith("/logo.svg?added") and r.headers.get("x-edge-session") == one.session_id for r in tab1.responses)
 
         # Vite's client builds its socket URL (HMR and ping) under the tab's own prefix.
-        client = await tab1.page.evaluate("async () => (await fetch('/@vite/client')).text()")
+        client = await tab1.page.evaluate(f"async () => (await fetch('/session/{one.session_id}/@vite/client')).text()")
         assert f'{{"/session/{one.session_id}/"}}`;' in client
 
         # An HMR CSS edit in thread 1 shows in tab 1 and never in tab 2.
@@ -120,7 +128,12 @@ async def two_tabs(edge, browser, origin: str, one, two) -> None:
         await tab1.page.go_back()
         await eventually(tab1.page, f"() => ({H1_TEXT})() === \"Welcome to Amelia's site\"", "tab 1 back home")
         tab1.clear()
-        await tab1.page.click("#about-link")
+        # A link the page adds at run time (no rewrite reached it): its Referer keeps it in thread 1.
+        await tab1.page.evaluate(
+            "() => { const a = document.createElement('a'); a.id = 'runtime-link'; a.href = '/about'; a.textContent = 'About';"
+            " document.body.append(a); }"
+        )
+        await tab1.page.click("#runtime-link")
         await eventually(tab1.page, f"() => ({H1_TEXT})() === 'About Amelia'", "thread 1's about page after tab 2's reload")
         assert tab1.page.url == f"{url_one}about"
         await hmr_connected(tab1, one.session_id)

@@ -97,12 +97,14 @@ async def measure(astro_port: int, edge_port: int, css: Path, rounds: int) -> di
 def report(results: dict[str, list[dict[str, float]]], rounds: int, loadavg: tuple[float, float, float]) -> None:
     print(f"\nPer-tab sessions in Chromium: {preview_bench.BENCH_SITE.name} site, {os.cpu_count()} cores, {rounds} rounds, "
           f"load average at start {loadavg[0]:.2f} {loadavg[1]:.2f} {loadavg[2]:.2f}\n")
-    print(f"{'measure':34}  {'edge median':>11}  {'direct median':>13}  {'edge/direct':>11}")
+    print(f"{'measure':34}  {'edge median':>11}  {'direct median':>13}  {'edge/direct':>11}  {'paired':>6}")
     for key, label in (("first", "first visit, wall ms"), ("load", "reload loadEventEnd ms"),
                        ("all", "reload, all resources ms"), ("hmr", "HMR CSS edit to new colour ms")):
         edge = statistics.median(r[key] for r in results["edge"])
         direct = statistics.median(r[key] for r in results["direct"])
-        print(f"{label:34}  {edge:11.1f}  {direct:13.1f}  {edge / direct:11.3f}")
+        # paired: the median of each round's edge/direct ratio (a busy moment hits both sides of a round alike)
+        paired = statistics.median(e[key] / d[key] for e, d in zip(results["edge"], results["direct"]))
+        print(f"{label:34}  {edge:11.1f}  {direct:13.1f}  {edge / direct:11.3f}  {paired:6.3f}")
     print(f"timed-out visits (not in the medians): {failures}")
 
 

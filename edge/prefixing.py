@@ -42,8 +42,10 @@ Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
 # Sec-Fetch-Dest of the requests whose answers are rewritten: pages, frames and scripts (module imports).
 REWRITTEN_DESTS = frozenset({"document", "iframe", "frame", "script", "worker", "sharedworker"})
-# Bodies bigger than this pass unchanged (what they ask for is routed by its Referer).
+# Modules bigger than this pass unchanged (what they ask for is routed by its Referer); pages stream.
 MAX_BODY = 8 * 1024 * 1024
+# A page's text after its last ``<`` is held for the next chunk while no ``>`` follows, up to this much.
+MAX_HELD = 64 * 1024
 VITE_CLIENT = "/@vite/client"
 
 # A root-absolute URL that does not already name a session or another host.
@@ -117,6 +119,33 @@ def rewrite_html(body: bytes, prefix: bytes) -> bytes:
         return _SRCSET.sub(lambda a: a.group(1) + a.group(2) + _SRCSET_URL.sub(lambda u: u.group(1) + prefix + u.group(2), a.group(3)) + a.group(2), text)
 
     return _TAG.sub(tag, body)
+
+
+class PageRewriter:
+    """A page rewritten as it streams, so the browser starts on its head while the dev server renders the rest.
+
+    Each chunk's tags are rewritten at once; the text from the chunk's last
+    ``<`` is held for the next chunk when no ``>`` follows it (a tag cut in
+    two). Cutting only at a ``<`` gives exactly what rewriting the whole page
+    gives: no match of ``_TAG`` holds a ``<`` after its first byte.
+    """
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+        self.held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.held + chunk if self.held else chunk
+        cut = data.rfind(b"<")
+        if cut < 0 or data.find(b">", cut) >= 0 or len(data) - cut > MAX_HELD:
+            self.held = b""
+            return rewrite_html(data, self.prefix)
+        self.held = data[cut:]
+        return rewrite_html(data[:cut], self.prefix)
+
+    def close(self) -> bytes:
+        held, self.held = self.held, b""
+        return rewrite_html(held, self.prefix)
 
 
 def rewrite_module(body: bytes, prefix: bytes) -> bytes:

@@ -151,9 +151,15 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
 
 
 async def _stream(
-    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], ex: Exchange, has_body: bool, head: bytes = b""
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    headers: CIMultiDict[str],
+    ex: Exchange,
+    has_body: bool,
+    head: bytes = b"",
+    page: prefixing.PageRewriter | None = None,
 ) -> web.StreamResponse:
-    """Answer with the body as it arrives (``head``: the part read already)."""
+    """Answer with the body as it arrives (``head``: the part read already; ``page``: rewrite it on the way)."""
     flow = ex.flow
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     flow.response_headers = response.headers
@@ -164,10 +170,16 @@ async def _stream(
     if has_body:
         try:
             async for chunk in upstream.content.iter_any():
+                if page is not None:
+                    chunk = page.feed(chunk)
                 await response.write(chunk)
                 flow.bytes_out += len(chunk)
         except BROKEN_STREAM as exc:
             return _cut(request, response, ex, exc)
+        if page is not None:
+            tail = page.close()
+            await response.write(tail)
+            flow.bytes_out += len(tail)
     await response.write_eof()
     return response
 
@@ -204,8 +216,9 @@ def _rewritable(request: web.Request, found: Match, upstream: aiohttp.ClientResp
     """A page or module of a session under its prefix, uncompressed: its URLs get the prefix (edge.prefixing)."""
     if "Content-Encoding" in upstream.headers or not prefixing.wanted(found, request.headers, request.app[keys.SETTINGS].tab_isolation):
         return False
+    kind = prefixing.kind_of(upstream.headers.get("Content-Type", ""))
     length = upstream.content_length
-    return (length is None or length <= prefixing.MAX_BODY) and prefixing.kind_of(upstream.headers.get("Content-Type", "")) is not None
+    return kind == "html" or (kind is not None and (length is None or length <= prefixing.MAX_BODY))  # pages stream
 
 
 async def _answer_rewritten(
@@ -213,11 +226,16 @@ async def _answer_rewritten(
 ) -> web.StreamResponse:
     """A page or module asked for under a session prefix, its root-absolute URLs under that prefix.
 
-    A body that turns out bigger than ``prefixing.MAX_BODY`` (no length was
-    announced) is passed on unchanged as it arrives.
+    A page streams, rewritten chunk by chunk. A module is read whole (its
+    imports are found by the text before them); one that turns out bigger
+    than ``prefixing.MAX_BODY`` (no length was announced) is passed on
+    unchanged as it arrives.
     """
     kind = prefixing.kind_of(upstream.headers.get("Content-Type", ""))
     assert kind is not None
+    if kind == "html":
+        headers.popall("Content-Length", None)
+        return await _stream(request, upstream, headers, ex, True, page=prefixing.PageRewriter(found.prefix.encode()))
     chunks: list[bytes] = []
     size = 0
     try:

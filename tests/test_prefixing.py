@@ -10,6 +10,8 @@ Chromium in test_tabs_browser.py.
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -146,7 +148,10 @@ async def test_pages_and_modules_under_a_prefix_come_back_prefixed(edge, serve, 
         assert resp.status == 200
         assert resp.headers["X-Edge-Session"] == "abc"
         assert resp.headers["ETag"] == f'W/"{len(original)}"'  # the same upstream body gives the same rewrite for this URL
-        assert int(resp.headers["Content-Length"]) == len(body)
+        if original is PAGE:
+            assert "Content-Length" not in resp.headers  # a page streams as it is rewritten
+        else:
+            assert int(resp.headers["Content-Length"]) == len(body)
     assert body != original and body.replace(PREFIX, b"") == original
     async with client.get(server.url(f"/session/abc{path}"), headers={**headers, "If-None-Match": f'W/"{len(original)}"'}) as resp:
         assert resp.status == 304  # a reload revalidates it
@@ -186,12 +191,53 @@ async def test_vite_s_client_is_prefixed_however_it_is_asked_for(edge, serve, cl
             assert '${"/session/abc/"}`;' in body and body.startswith(";(() => { const P = \"/session/abc\"")
 
 
-async def test_a_big_page_of_unknown_length_streams_unchanged(edge, serve, client, monkeypatch):
-    monkeypatch.setattr("edge.prefixing.MAX_BODY", 64 * 1024)
-    big = b'<a href="/x">' + b"x" * 200_000
+async def test_a_page_is_rewritten_as_it_streams_with_tags_cut_between_chunks(edge, serve, client):
+    tag = b'<img class="x" src="/a.png" srcset="/a.png 1x, /b.png 2x">'
+    text = b"<p>a < b, and 1<2 without a close</p>"
+    page = b"<html><head>" + (tag + text) * 3000 + b'<a href="/end">end</a></html>'  # about 300 kB
+    sizes = (5, 17, 1, 4096, 33)  # cuts inside tags, attribute values and text
+    pieces, at = [], 0
+    while at < len(page):
+        size = sizes[len(pieces) % len(sizes)]
+        pieces.append(page[at : at + size])
+        at += size
+    arrived: list[int] = []
+    release = asyncio.Event()
 
     async def chunked(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/html"})
+        response = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(page[:4096])
+        await release.wait()  # the rest only once the client has the head
+        for piece in pieces:
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    upstream = await serve(app_with({"/page": chunked}))
+    server = await edge()
+    await post_route(server.origin, "abc", upstream.origin)
+    try:
+        async with client.get(server.url("/session/abc/page"), headers=DOCUMENT, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            assert resp.status == 200 and "Content-Length" not in resp.headers
+            first = await asyncio.wait_for(resp.content.readexactly(64), 5)  # a page held whole never comes
+            arrived.append(len(first))
+            release.set()
+            body = first + await resp.read()
+    finally:
+        release.set()
+    assert arrived == [64]  # the head arrived before the upstream sent the rest
+    assert body == rewrite_html(page[:4096] + page, PREFIX)
+    assert b'src="/a.png"' not in body and b'href="/session/abc/end"' in body  # every tag, the last one too
+
+
+async def test_a_big_module_of_unknown_length_streams_unchanged(edge, serve, client, monkeypatch):
+    monkeypatch.setattr("edge.prefixing.MAX_BODY", 64 * 1024)
+    big = b'import "/x.js";\n' + b"//" * 100_000
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/javascript"})
         response.enable_chunked_encoding()
         await response.prepare(request)
         for start in range(0, len(big), 16 * 1024):
@@ -199,10 +245,10 @@ async def test_a_big_page_of_unknown_length_streams_unchanged(edge, serve, clien
         await response.write_eof()
         return response
 
-    upstream = await serve(app_with({"/big": chunked}))
+    upstream = await serve(app_with({"/big.js": chunked}))
     server = await edge()
     await post_route(server.origin, "abc", upstream.origin)
-    async with client.get(server.url("/session/abc/big"), headers=DOCUMENT) as resp:
+    async with client.get(server.url("/session/abc/big.js"), headers=SCRIPT) as resp:
         assert resp.status == 200
         assert await resp.read() == big
 

@@ -23,6 +23,11 @@ edge answers it and everything after it on that connection. So aiohttp's
 path defines the edge's behaviour; this is an optimisation of one case of
 it, and ``EDGE_FAST_PATH=0`` turns it off.
 
+A page or module under a session prefix that the edge must rewrite
+(:mod:`edge.prefixing`) goes to aiohttp's path, unless it is a revalidation
+(``If-None-Match``): a reload's modules are nearly all answered 304, so they
+stay here, and one the upstream answers in full is asked again there.
+
 An upstream that fails before its response head (refused, reset, or a
 kept-alive connection it had closed) gets the request replayed through
 aiohttp's path, which retries once and reports a failure as usual: nothing
@@ -59,6 +64,15 @@ READ_AHEAD = 256 * 1024
 # Request headers that take a request off the fast path (bodies, upgrades, 100-continue).
 NOT_FAST = ("content-length", "transfer-encoding", "upgrade", "expect")
 CHUNK_END = b"0\r\n\r\n"
+
+
+def _revalidation(headers: CIMultiDict[str]) -> bool:
+    """A conditional GET: on a reload nearly every module is one, and nearly all are answered 304, unchanged.
+
+    So the fast path takes them even when a full answer would need the session
+    prefix; if the upstream answers in full, aiohttp's path asks again.
+    """
+    return "If-None-Match" in headers or "If-Modified-Since" in headers
 
 
 def _text(raw: bytes) -> str:
@@ -106,7 +120,7 @@ class FastPath:
         found = classify(raw_path, "GET", headers, self.hosts, upgrade=False)
         if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path):
             return None
-        if prefixing.wanted(found, headers, self.settings.tab_isolation):
+        if prefixing.wanted(found, headers, self.settings.tab_isolation) and not _revalidation(headers):
             return None  # aiohttp's path gives a page's or module's URLs the session prefix
         if self.settings.preview_host_redirect and hostredirect.location(
             found, "GET", headers, True, self.settings.session_host_patterns
@@ -545,6 +559,10 @@ class FrontProtocol(asyncio.Protocol):
         flow.status = upstream.status
         flow.reason = _text(upstream.reason)
         flow.upstream_response_headers = received
+        if upstream.status == 200 and self._needs_prefixing(exchange, received):
+            self._drop_upstream()
+            self._replay(exchange)  # a changed page or module: aiohttp's path asks again and rewrites it
+            return
         exchange.exchange.upstream_head()
         out = client_response_headers(received, route.target, exchange.peer, match, flow)
         if upstream.status not in (204, 304):
@@ -557,6 +575,14 @@ class FrontProtocol(asyncio.Protocol):
         flow.response_headers = out
         exchange.head_sent = True
         self._out.append(response_head(upstream.status, flow.reason, out))
+
+    def _needs_prefixing(self, exchange: FastRequest, received: CIMultiDict[str]) -> bool:
+        """A revalidation of a page or module that the upstream answered in full (edge.prefixing rewrites it)."""
+        return (
+            prefixing.wanted(exchange.match, exchange.flow.client_headers, self._fast.settings.tab_isolation)
+            and "Content-Encoding" not in received
+            and prefixing.kind_of(received.get("Content-Type", "")) is not None
+        )
 
     def response_body(self, upstream: UpstreamProtocol, body: bytes) -> None:
         exchange = self._exchange

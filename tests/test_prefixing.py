@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from edge.fastpath import FAST_PATH
 from edge.prefixing import rewrite_html, rewrite_module, vite_client_with_prefix
 from tests.support.routes import post_route
 from tests.support.upstreams import SEEN, app_with, upstream_app
@@ -287,3 +288,25 @@ async def test_a_root_request_follows_the_page_in_its_referer(edge, serve, clien
         assert resp.status == 200 and "X-Edge-Session" not in resp.headers
         assert "abc" in str(await resp.json())  # the edge's routes API lists the route
     assert all("/api/" not in seen["raw_path"] for seen in upstream.app[SEEN])
+
+
+async def test_a_reload_s_revalidations_stay_on_the_fast_path(edge, serve, client, fast_path):
+    app = site()
+    upstream = await serve(app)
+    server = await edge()
+    await post_route(server.origin, "abc", upstream.origin)
+    url, etag = server.url("/session/abc/src/main.ts"), f'W/"{len(MODULE)}"'
+    handed_over = server.app[FAST_PATH].handed_over if fast_path else 0
+    async with client.get(url, headers={**SCRIPT, "If-None-Match": etag}) as resp:
+        assert resp.status == 304 and resp.headers["X-Edge-Session"] == "abc"
+    # A module that changed since (a stale ETag) is answered in full, and rewritten.
+    async with client.get(url, headers={**SCRIPT, "If-None-Match": 'W/"old"'}) as resp:
+        body = await resp.read()
+        assert resp.status == 200 and resp.headers["ETag"] == etag
+    assert body.replace(PREFIX, b"") == MODULE and b'from "/session/abc/@vite/client"' in body
+    if fast_path:
+        fast = server.app[FAST_PATH]
+        assert (fast.proxied, fast.handed_over - handed_over) == (1, 1)  # the 304 here; the full answer asked again by aiohttp's
+        assert app[SEEN] == ["/src/main.ts"] * 3
+    else:
+        assert app[SEEN] == ["/src/main.ts"] * 2

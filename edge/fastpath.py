@@ -23,10 +23,10 @@ edge answers it and everything after it on that connection. So aiohttp's
 path defines the edge's behaviour; this is an optimisation of one case of
 it, and ``EDGE_FAST_PATH=0`` turns it off.
 
-A page or module under a session prefix that the edge must rewrite
-(:mod:`edge.prefixing`) goes to aiohttp's path, unless it is a revalidation
-(``If-None-Match``): a reload's modules are nearly all answered 304, so they
-stay here, and one the upstream answers in full is asked again there.
+A page or module under a session prefix whose URLs the edge rewrites
+(:mod:`edge.prefixing`) is held here until its body is complete, then sent
+rewritten with its new length; one bigger than ``prefixing.MAX_BODY`` is sent
+on unchanged as it arrives.
 
 An upstream that fails before its response head (refused, reset, or a
 kept-alive connection it had closed) gets the request replayed through
@@ -64,15 +64,6 @@ READ_AHEAD = 256 * 1024
 # Request headers that take a request off the fast path (bodies, upgrades, 100-continue).
 NOT_FAST = ("content-length", "transfer-encoding", "upgrade", "expect")
 CHUNK_END = b"0\r\n\r\n"
-
-
-def _revalidation(headers: CIMultiDict[str]) -> bool:
-    """A conditional GET: on a reload nearly every module is one, and nearly all are answered 304, unchanged.
-
-    So the fast path takes them even when a full answer would need the session
-    prefix; if the upstream answers in full, aiohttp's path asks again.
-    """
-    return "If-None-Match" in headers or "If-Modified-Since" in headers
 
 
 def _text(raw: bytes) -> str:
@@ -120,8 +111,6 @@ class FastPath:
         found = classify(raw_path, "GET", headers, self.hosts, upgrade=False)
         if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path):
             return None
-        if prefixing.wanted(found, headers, self.settings.tab_isolation) and not _revalidation(headers):
-            return None  # aiohttp's path gives a page's or module's URLs the session prefix
         if self.settings.preview_host_redirect and hostredirect.location(
             found, "GET", headers, True, self.settings.session_host_patterns
         ):
@@ -229,6 +218,9 @@ class FastRequest:
     head_sent: bool = False
     chunked: bool = False  # the answer is re-framed as chunks (the upstream's length is unknown)
     until_close: bool = False  # the upstream's body ends when it closes the connection
+    held: list[bytes] | None = None  # the body of a page or module being held for edge.prefixing
+    held_size: int = 0
+    held_head: CIMultiDict[str] | None = None  # the answer's headers, sent with the rewritten body
     deadline: float | None = None  # for the upstream's response head (EDGE_FIRST_BYTE_TIMEOUT)
     connecting: asyncio.Task | None = field(default=None, repr=False)
 
@@ -559,12 +551,13 @@ class FrontProtocol(asyncio.Protocol):
         flow.status = upstream.status
         flow.reason = _text(upstream.reason)
         flow.upstream_response_headers = received
-        if upstream.status == 200 and self._needs_prefixing(exchange, received):
-            self._drop_upstream()
-            self._replay(exchange)  # a changed page or module: aiohttp's path asks again and rewrites it
-            return
         exchange.exchange.upstream_head()
         out = client_response_headers(received, route.target, exchange.peer, match, flow)
+        if upstream.status == 200 and self._needs_prefixing(exchange, received):
+            if self._closes_after(exchange):
+                out["Connection"] = "close"
+            exchange.held, exchange.held_head = [], out  # sent when the body is complete (upstream_progress)
+            return
         if upstream.status not in (204, 304):
             if "Transfer-Encoding" in received or "Content-Length" not in received:
                 exchange.chunked = True
@@ -577,17 +570,49 @@ class FrontProtocol(asyncio.Protocol):
         self._out.append(response_head(upstream.status, flow.reason, out))
 
     def _needs_prefixing(self, exchange: FastRequest, received: CIMultiDict[str]) -> bool:
-        """A revalidation of a page or module that the upstream answered in full (edge.prefixing rewrites it)."""
+        """A page or module under a session prefix, uncompressed, of a length or chunked: edge.prefixing rewrites it."""
+        length = received.get("Content-Length")
+        framed = "Transfer-Encoding" in received or (length is not None and length.isdigit() and int(length) <= prefixing.MAX_BODY)
         return (
-            prefixing.wanted(exchange.match, exchange.flow.client_headers, self._fast.settings.tab_isolation)
+            framed
             and "Content-Encoding" not in received
             and prefixing.kind_of(received.get("Content-Type", "")) is not None
+            and prefixing.wanted(exchange.match, exchange.flow.client_headers, self._fast.settings.tab_isolation)
         )
+
+    def _send_held(self, exchange: FastRequest, rewrite: bool) -> None:
+        """Send the held answer: rewritten with its new length, or (too big to hold) as it came, the rest to follow."""
+        flow, out, body = exchange.flow, exchange.held_head, b"".join(exchange.held or ())
+        assert out is not None
+        exchange.held, exchange.held_head = None, None
+        if rewrite:
+            body = prefixing.rewrite(body, prefixing.kind_of(out.get("Content-Type", "")) or "js", exchange.match.prefix, exchange.match.upstream_path)
+            out.popall("Transfer-Encoding", None)
+            out["Content-Length"] = str(len(body))
+        elif "Content-Length" not in out:
+            exchange.chunked = True
+            out["Transfer-Encoding"] = "chunked"
+        flow.response_headers = out
+        exchange.head_sent = True
+        self._out.append(response_head(flow.status or 200, flow.reason, out))
+        flow.bytes_out = 0
+        if body:
+            self.response_body_bytes(exchange, body)
 
     def response_body(self, upstream: UpstreamProtocol, body: bytes) -> None:
         exchange = self._exchange
         if exchange is None or upstream is not self._upstream or not body:
             return
+        if exchange.held is not None:
+            exchange.held.append(body)
+            exchange.held_size += len(body)
+            if exchange.held_size > prefixing.MAX_BODY:
+                self._send_held(exchange, rewrite=False)
+            return
+        self.response_body_bytes(exchange, body)
+
+    def response_body_bytes(self, exchange: FastRequest, body: bytes) -> None:
+        """Pass on a piece of the answer's body (as a chunk when the answer is re-framed)."""
         exchange.flow.bytes_out += len(body)
         if exchange.chunked:
             self._out.append(b"%x\r\n" % len(body))
@@ -601,6 +626,8 @@ class FrontProtocol(asyncio.Protocol):
         exchange = self._exchange
         if exchange is None or upstream is not self._upstream:
             return
+        if upstream.complete and exchange.held is not None:
+            self._send_held(exchange, rewrite=True)
         if upstream.complete and exchange.chunked:
             self._out.append(CHUNK_END)
         self._flush()

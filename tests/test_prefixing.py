@@ -290,7 +290,7 @@ async def test_a_root_request_follows_the_page_in_its_referer(edge, serve, clien
     assert all("/api/" not in seen["raw_path"] for seen in upstream.app[SEEN])
 
 
-async def test_a_reload_s_revalidations_stay_on_the_fast_path(edge, serve, client, fast_path):
+async def test_pages_and_modules_are_rewritten_on_the_fast_path_too(edge, serve, client, fast_path):
     app = site()
     upstream = await serve(app)
     server = await edge()
@@ -298,15 +298,35 @@ async def test_a_reload_s_revalidations_stay_on_the_fast_path(edge, serve, clien
     url, etag = server.url("/session/abc/src/main.ts"), f'W/"{len(MODULE)}"'
     handed_over = server.app[FAST_PATH].handed_over if fast_path else 0
     async with client.get(url, headers={**SCRIPT, "If-None-Match": etag}) as resp:
-        assert resp.status == 304 and resp.headers["X-Edge-Session"] == "abc"
-    # A module that changed since (a stale ETag) is answered in full, and rewritten.
-    async with client.get(url, headers={**SCRIPT, "If-None-Match": 'W/"old"'}) as resp:
+        assert resp.status == 304 and resp.headers["X-Edge-Session"] == "abc"  # a reload
+    async with client.get(url, headers={**SCRIPT, "If-None-Match": 'W/"old"'}) as resp:  # changed since
         body = await resp.read()
         assert resp.status == 200 and resp.headers["ETag"] == etag
+        assert int(resp.headers["Content-Length"]) == len(body)
     assert body.replace(PREFIX, b"") == MODULE and b'from "/session/abc/@vite/client"' in body
+    async with client.get(server.url("/session/abc/page"), headers=DOCUMENT) as resp:
+        assert (await resp.read()).replace(PREFIX, b"") == PAGE
+    assert app[SEEN] == ["/src/main.ts", "/src/main.ts", "/page"]  # each asked for once
     if fast_path:
         fast = server.app[FAST_PATH]
-        assert (fast.proxied, fast.handed_over - handed_over) == (1, 1)  # the 304 here; the full answer asked again by aiohttp's
-        assert app[SEEN] == ["/src/main.ts"] * 3
-    else:
-        assert app[SEEN] == ["/src/main.ts"] * 2
+        assert (fast.proxied, fast.handed_over - handed_over) == (3, 0)  # all three answered by the fast path
+
+
+async def test_a_chunked_page_is_held_and_sent_with_its_length(edge, serve, client):
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for piece in (PAGE[:100], PAGE[100:500], PAGE[500:]):
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    upstream = await serve(app_with({"/chunked": chunked}))
+    server = await edge()
+    await post_route(server.origin, "abc", upstream.origin)
+    async with client.get(server.url("/session/abc/chunked"), headers=DOCUMENT) as resp:
+        body = await resp.read()
+        assert resp.status == 200 and int(resp.headers["Content-Length"]) == len(body)
+        assert "Transfer-Encoding" not in resp.headers
+    assert body.replace(PREFIX, b"") == PAGE and body != PAGE

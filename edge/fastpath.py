@@ -24,9 +24,10 @@ path defines the edge's behaviour; this is an optimisation of one case of
 it, and ``EDGE_FAST_PATH=0`` turns it off.
 
 A page or module under a session prefix whose URLs the edge rewrites
-(:mod:`edge.prefixing`) is held here until its body is complete, then sent
-rewritten with its new length; one bigger than ``prefixing.MAX_BODY`` is sent
-on unchanged as it arrives.
+(:mod:`edge.prefixing`) is answered here too, so a tab's connections stay on
+this path: a page streams, rewritten piece by piece in chunks; a module is
+held until its body is complete, then sent rewritten with its new length (one
+bigger than ``prefixing.MAX_BODY`` is sent on unchanged as it arrives).
 
 An upstream that fails before its response head (refused, reset, or a
 kept-alive connection it had closed) gets the request replayed through
@@ -109,7 +110,7 @@ class FastPath:
             if name in headers:
                 return None
         found = classify(raw_path, "GET", headers, self.hosts, upgrade=False)
-        if not isinstance(found, Match) or viteguard.needs_check(found.upstream_path):
+        if not isinstance(found, Match):
             return None
         if self.settings.preview_host_redirect and hostredirect.location(
             found, "GET", headers, True, self.settings.session_host_patterns
@@ -118,6 +119,8 @@ class FastPath:
         route = self.table.get(found.session_id)
         if route is None or route.state is not RouteState.READY or route.target is None:
             return None
+        if viteguard.refusal(found.upstream_path, route.root) is not None:
+            return None  # aiohttp's path answers the 403 (most targets need no check: /node_modules/.vite/ one does)
         return found, route
 
     @property
@@ -221,6 +224,7 @@ class FastRequest:
     held: list[bytes] | None = None  # the body of a page or module being held for edge.prefixing
     held_size: int = 0
     held_head: CIMultiDict[str] | None = None  # the answer's headers, sent with the rewritten body
+    page: prefixing.PageRewriter | None = None  # a page under a prefix, rewritten as it streams
     deadline: float | None = None  # for the upstream's response head (EDGE_FIRST_BYTE_TIMEOUT)
     connecting: asyncio.Task | None = field(default=None, repr=False)
 
@@ -553,15 +557,20 @@ class FrontProtocol(asyncio.Protocol):
         flow.upstream_response_headers = received
         exchange.exchange.upstream_head()
         out = client_response_headers(received, route.target, exchange.peer, match, flow)
-        if upstream.status == 200 and self._needs_prefixing(exchange, received):
+        kind = prefixing.kind_of(received.get("Content-Type", "")) if upstream.status == 200 else None
+        if kind == "html" and self._needs_prefixing(exchange, received):
+            exchange.page = prefixing.PageRewriter(match.prefix.encode())  # its new length is unknown: chunks
+            out.popall("Content-Length", None)
+        elif kind is not None and self._needs_prefixing(exchange, received):
             if self._closes_after(exchange):
                 out["Connection"] = "close"
             exchange.held, exchange.held_head = [], out  # sent when the body is complete (upstream_progress)
             return
         if upstream.status not in (204, 304):
-            if "Transfer-Encoding" in received or "Content-Length" not in received:
+            length_known = "Transfer-Encoding" in received or "Content-Length" in received
+            if exchange.page is not None or not length_known or "Transfer-Encoding" in received:
                 exchange.chunked = True
-                exchange.until_close = "Transfer-Encoding" not in received
+                exchange.until_close = not length_known
                 out["Transfer-Encoding"] = "chunked"
         if self._closes_after(exchange):
             out["Connection"] = "close"
@@ -570,15 +579,19 @@ class FrontProtocol(asyncio.Protocol):
         self._out.append(response_head(upstream.status, flow.reason, out))
 
     def _needs_prefixing(self, exchange: FastRequest, received: CIMultiDict[str]) -> bool:
-        """A page or module under a session prefix, uncompressed, of a length or chunked: edge.prefixing rewrites it."""
+        """A page or module under a session prefix, uncompressed: edge.prefixing rewrites it.
+
+        A page streams whatever its framing; a module is held, so it needs a
+        length (up to ``prefixing.MAX_BODY``) or chunks.
+        """
+        if "Content-Encoding" in received or not prefixing.wanted(
+            exchange.match, exchange.flow.client_headers, self._fast.settings.tab_isolation
+        ):
+            return False
+        kind = prefixing.kind_of(received.get("Content-Type", ""))
         length = received.get("Content-Length")
         framed = "Transfer-Encoding" in received or (length is not None and length.isdigit() and int(length) <= prefixing.MAX_BODY)
-        return (
-            framed
-            and "Content-Encoding" not in received
-            and prefixing.kind_of(received.get("Content-Type", "")) is not None
-            and prefixing.wanted(exchange.match, exchange.flow.client_headers, self._fast.settings.tab_isolation)
-        )
+        return kind == "html" or (kind is not None and framed)
 
     def _send_held(self, exchange: FastRequest, rewrite: bool) -> None:
         """Send the held answer: rewritten with its new length, or (too big to hold) as it came, the rest to follow."""
@@ -609,6 +622,10 @@ class FrontProtocol(asyncio.Protocol):
             if exchange.held_size > prefixing.MAX_BODY:
                 self._send_held(exchange, rewrite=False)
             return
+        if exchange.page is not None:
+            body = exchange.page.feed(body)
+            if not body:
+                return  # all of it held: a tag cut at the end of this piece
         self.response_body_bytes(exchange, body)
 
     def response_body_bytes(self, exchange: FastRequest, body: bytes) -> None:
@@ -628,6 +645,8 @@ class FrontProtocol(asyncio.Protocol):
             return
         if upstream.complete and exchange.held is not None:
             self._send_held(exchange, rewrite=True)
+        if upstream.complete:
+            self._end_page(exchange)
         if upstream.complete and exchange.chunked:
             self._out.append(CHUNK_END)
         self._flush()
@@ -636,6 +655,13 @@ class FrontProtocol(asyncio.Protocol):
             if not upstream.keep_alive or upstream.surplus:
                 self._drop_upstream()
             self._finish(exchange)
+
+    def _end_page(self, exchange: FastRequest) -> None:
+        """The text a streamed page still holds (a last tag) goes out before the body's end."""
+        if exchange.page is not None:
+            tail, exchange.page = exchange.page.close(), None
+            if tail:
+                self.response_body_bytes(exchange, tail)
 
     def upstream_lost(self, upstream: UpstreamProtocol) -> None:
         if upstream is not self._upstream:
@@ -647,6 +673,7 @@ class FrontProtocol(asyncio.Protocol):
         if not exchange.head_sent:
             self._replay(exchange)
         elif exchange.until_close:  # the connection's end is the body's end
+            self._end_page(exchange)
             self._out.append(CHUNK_END)
             self._flush()
             self._finish(exchange)

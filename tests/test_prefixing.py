@@ -11,6 +11,7 @@ Chromium in test_tabs_browser.py.
 from __future__ import annotations
 
 import asyncio
+from typing import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -126,6 +127,23 @@ async def client():
         yield session
 
 
+def chunked_upstream(media: str, *pieces: bytes, wait: asyncio.Event | None = None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An upstream handler that answers ``pieces`` as chunks, waiting for ``wait`` (when given) after the first."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": media})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for n, piece in enumerate(pieces):
+            if n == 1 and wait is not None:
+                await wait.wait()
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    return answer
+
+
 DOCUMENT = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Accept": "text/html"}
 SCRIPT = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "script", "Accept": "*/*"}
 
@@ -205,16 +223,7 @@ async def test_a_page_is_rewritten_as_it_streams_with_tags_cut_between_chunks(ed
     arrived: list[int] = []
     release = asyncio.Event()
 
-    async def chunked(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        await response.write(page[:4096])
-        await release.wait()  # the rest only once the client has the head
-        for piece in pieces:
-            await response.write(piece)
-        await response.write_eof()
-        return response
+    chunked = chunked_upstream("text/html; charset=utf-8", page[:4096], *pieces, wait=release)  # the rest once the client has the head
 
     upstream = await serve(app_with({"/page": chunked}))
     server = await edge()
@@ -236,15 +245,7 @@ async def test_a_page_is_rewritten_as_it_streams_with_tags_cut_between_chunks(ed
 async def test_a_big_module_of_unknown_length_streams_unchanged(edge, serve, client, monkeypatch):
     monkeypatch.setattr("edge.prefixing.MAX_BODY", 64 * 1024)
     big = b'import "/x.js";\n' + b"//" * 100_000
-
-    async def chunked(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/javascript"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        for start in range(0, len(big), 16 * 1024):
-            await response.write(big[start : start + 16 * 1024])
-        await response.write_eof()
-        return response
+    chunked = chunked_upstream("text/javascript", *(big[at : at + 16 * 1024] for at in range(0, len(big), 16 * 1024)))
 
     upstream = await serve(app_with({"/big.js": chunked}))
     server = await edge()
@@ -313,15 +314,7 @@ async def test_pages_and_modules_are_rewritten_on_the_fast_path_too(edge, serve,
 
 
 async def test_a_chunked_module_is_held_and_sent_with_its_length(edge, serve, client):
-    async def chunked(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/javascript"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        for piece in (MODULE[:30], MODULE[30:200], MODULE[200:]):  # imports cut between pieces
-            await response.write(piece)
-        await response.write_eof()
-        return response
-
+    chunked = chunked_upstream("text/javascript", MODULE[:30], MODULE[30:200], MODULE[200:])  # imports cut between pieces
     upstream = await serve(app_with({"/chunked.js": chunked}))
     server = await edge()
     await post_route(server.origin, "abc", upstream.origin)

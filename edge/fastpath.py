@@ -27,7 +27,10 @@ A page or module under a session prefix whose URLs the edge rewrites
 (:mod:`edge.prefixing`) is answered here too, so a tab's connections stay on
 this path: a page streams, rewritten piece by piece in chunks; a module is
 held until its body is complete, then sent rewritten with its new length (one
-bigger than ``prefixing.MAX_BODY`` is sent on unchanged as it arrives).
+bigger than ``prefixing.MAX_BODY`` is sent on unchanged as it arrives; one
+whose upstream ends it by closing is asked again through aiohttp's path).
+Which answers are rewritten, and how, is :func:`edge.prefixing.treatment`,
+the rule aiohttp's path follows too.
 
 An upstream that fails before its response head (refused, reset, or a
 kept-alive connection it had closed) gets the request replayed through
@@ -557,11 +560,17 @@ class FrontProtocol(asyncio.Protocol):
         flow.upstream_response_headers = received
         exchange.exchange.upstream_head()
         out = client_response_headers(received, route.target, exchange.peer, match, flow)
-        kind = prefixing.kind_of(received.get("Content-Type", "")) if upstream.status == 200 else None
-        if kind == "html" and self._needs_prefixing(exchange, received):
+        kind = None
+        if upstream.status == 200:  # a reload's 304s skip the rest
+            length = received.get("Content-Length")
+            kind = prefixing.treatment(
+                match, flow.client_headers, self._fast.settings.tab_isolation, upstream.status, received,
+                int(length) if length is not None and length.isdigit() else None,
+            )
+        if kind == "html":
             exchange.page = prefixing.PageRewriter(match.prefix.encode())  # its new length is unknown: chunks
             out.popall("Content-Length", None)
-        elif kind is not None and self._needs_prefixing(exchange, received):
+        elif kind == "js":  # held until complete; an upstream that ends it by closing gets it asked again (upstream_lost)
             if self._closes_after(exchange):
                 out["Connection"] = "close"
             exchange.held, exchange.held_head = [], out  # sent when the body is complete (upstream_progress)
@@ -578,28 +587,13 @@ class FrontProtocol(asyncio.Protocol):
         exchange.head_sent = True
         self._out.append(response_head(upstream.status, flow.reason, out))
 
-    def _needs_prefixing(self, exchange: FastRequest, received: CIMultiDict[str]) -> bool:
-        """A page or module under a session prefix, uncompressed: edge.prefixing rewrites it.
-
-        A page streams whatever its framing; a module is held, so it needs a
-        length (up to ``prefixing.MAX_BODY``) or chunks.
-        """
-        if "Content-Encoding" in received or not prefixing.wanted(
-            exchange.match, exchange.flow.client_headers, self._fast.settings.tab_isolation
-        ):
-            return False
-        kind = prefixing.kind_of(received.get("Content-Type", ""))
-        length = received.get("Content-Length")
-        framed = "Transfer-Encoding" in received or (length is not None and length.isdigit() and int(length) <= prefixing.MAX_BODY)
-        return kind == "html" or (kind is not None and framed)
-
     def _send_held(self, exchange: FastRequest, rewrite: bool) -> None:
         """Send the held answer: rewritten with its new length, or (too big to hold) as it came, the rest to follow."""
         flow, out, body = exchange.flow, exchange.held_head, b"".join(exchange.held or ())
         assert out is not None
         exchange.held, exchange.held_head = None, None
         if rewrite:
-            body = prefixing.rewrite(body, prefixing.kind_of(out.get("Content-Type", "")) or "js", exchange.match.prefix, exchange.match.upstream_path)
+            body = prefixing.rewrite(body, "js", exchange.match.prefix, exchange.match.upstream_path)
             out.popall("Transfer-Encoding", None)
             out["Content-Length"] = str(len(body))
         elif "Content-Length" not in out:
@@ -610,7 +604,7 @@ class FrontProtocol(asyncio.Protocol):
         self._out.append(response_head(flow.status or 200, flow.reason, out))
         flow.bytes_out = 0
         if body:
-            self.response_body_bytes(exchange, body)
+            self._pass_body(exchange, body)
 
     def response_body(self, upstream: UpstreamProtocol, body: bytes) -> None:
         exchange = self._exchange
@@ -626,9 +620,9 @@ class FrontProtocol(asyncio.Protocol):
             body = exchange.page.feed(body)
             if not body:
                 return  # all of it held: a tag cut at the end of this piece
-        self.response_body_bytes(exchange, body)
+        self._pass_body(exchange, body)
 
-    def response_body_bytes(self, exchange: FastRequest, body: bytes) -> None:
+    def _pass_body(self, exchange: FastRequest, body: bytes) -> None:
         """Pass on a piece of the answer's body (as a chunk when the answer is re-framed)."""
         exchange.flow.bytes_out += len(body)
         if exchange.chunked:
@@ -661,7 +655,7 @@ class FrontProtocol(asyncio.Protocol):
         if exchange.page is not None:
             tail, exchange.page = exchange.page.close(), None
             if tail:
-                self.response_body_bytes(exchange, tail)
+                self._pass_body(exchange, tail)
 
     def upstream_lost(self, upstream: UpstreamProtocol) -> None:
         if upstream is not self._upstream:

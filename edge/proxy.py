@@ -140,11 +140,14 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         flow.upstream_response_headers = upstream.headers
         out_headers = client_response_headers(upstream.headers, route.target, peer, found, flow)
         has_body = request.method != "HEAD" and upstream.status not in (204, 304)
-        if upstream.status == 200 and _rewritable(request, found, upstream):
-            if has_body:
-                return await _answer_rewritten(request, upstream, out_headers, ex, found)
-            out_headers.popall("Content-Length", None)  # HEAD: a GET's body would be rewritten, to a length unknown here
         length = upstream.content_length
+        kind = prefixing.treatment(
+            found, request.headers, request.app[keys.SETTINGS].tab_isolation, upstream.status, upstream.headers, length
+        )
+        if kind is not None:
+            if has_body:
+                return await _answer_rewritten(request, upstream, out_headers, ex, found, kind)
+            out_headers.popall("Content-Length", None)  # HEAD: a GET's body would be rewritten, to a length unknown here
         if has_body and length is not None and length <= SMALL_BODY and "Transfer-Encoding" not in upstream.headers:
             return await _answer_whole(request, upstream, out_headers, ex)
         return await _stream(request, upstream, out_headers, ex, has_body)
@@ -212,17 +215,8 @@ async def _answer_whole(
     return response
 
 
-def _rewritable(request: web.Request, found: Match, upstream: aiohttp.ClientResponse) -> bool:
-    """A page or module of a session under its prefix, uncompressed: its URLs get the prefix (edge.prefixing)."""
-    if "Content-Encoding" in upstream.headers or not prefixing.wanted(found, request.headers, request.app[keys.SETTINGS].tab_isolation):
-        return False
-    kind = prefixing.kind_of(upstream.headers.get("Content-Type", ""))
-    length = upstream.content_length
-    return kind == "html" or (kind is not None and (length is None or length <= prefixing.MAX_BODY))  # pages stream
-
-
 async def _answer_rewritten(
-    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], ex: Exchange, found: Match
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], ex: Exchange, found: Match, kind: str
 ) -> web.StreamResponse:
     """A page or module asked for under a session prefix, its root-absolute URLs under that prefix.
 
@@ -231,8 +225,6 @@ async def _answer_rewritten(
     than ``prefixing.MAX_BODY`` (no length was announced) is passed on
     unchanged as it arrives.
     """
-    kind = prefixing.kind_of(upstream.headers.get("Content-Type", ""))
-    assert kind is not None
     if kind == "html":
         headers.popall("Content-Length", None)
         return await _stream(request, upstream, headers, ex, True, page=prefixing.PageRewriter(found.prefix.encode()))

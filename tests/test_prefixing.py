@@ -20,7 +20,7 @@ from aiohttp import web
 from edge.fastpath import FAST_PATH
 from edge.prefixing import rewrite_html, rewrite_module, vite_client_with_prefix
 from tests.support.routes import post_route
-from tests.support.upstreams import SEEN, app_with, upstream_app
+from tests.support.upstreams import SEEN, app_with, canned, raw_upstream, upstream_app
 
 pytestmark = pytest.mark.both_paths
 
@@ -323,3 +323,16 @@ async def test_a_chunked_module_is_held_and_sent_with_its_length(edge, serve, cl
         assert resp.status == 200 and int(resp.headers["Content-Length"]) == len(body)
         assert "Transfer-Encoding" not in resp.headers
     assert body == rewrite_module(MODULE, PREFIX) and body != MODULE
+
+
+@pytest.mark.parametrize(("media", "headers", "original", "rewritten"), [
+    ("text/html", DOCUMENT, PAGE, rewrite_html(PAGE, PREFIX)),
+    ("text/javascript", SCRIPT, MODULE, rewrite_module(MODULE, PREFIX)),
+], ids=["page", "module"])
+async def test_an_answer_ended_by_closing_is_rewritten_too(edge, client, media, headers, original, rewritten):
+    answer = f"HTTP/1.1 200 OK\r\nContent-Type: {media}\r\nConnection: close\r\n\r\n".encode() + original
+    async with await raw_upstream(canned(answer)) as upstream:  # no length, no chunks: the body ends when it closes
+        server = await edge()
+        await post_route(server.origin, "abc", upstream.origin)
+        async with client.get(server.url("/session/abc/x"), headers=headers) as resp:
+            assert resp.status == 200 and await resp.read() == rewritten

@@ -12,8 +12,18 @@ modules' URLs the session prefix. Each round, in a fresh browser context per pat
 
 The HMR column: wall time from writing the CSS file to the ``h1``'s new
 colour in the page, through the edge (HMR socket and re-import under the
-prefix) and direct (``main h1``, else the first ``h1``). Run:
-``.venv/bin/python bench/tabs_bench.py [--rounds 5] [--site starlight]`` (``--site``: see preview_bench.py).
+prefix) and direct (``main h1``, else the first ``h1``).
+
+Each ratio is given three ways: of the medians; paired (the median of each
+round's edge/direct ratio: a busy moment hits both sides of a round alike);
+and the paired ratio's 95 % bootstrap interval, which says whether a run can
+tell the result from the target (10 rounds on 2 busy cores: about ±0.1).
+``--nginx`` adds Debian's nginx as a third path, a reverse proxy in C with
+keep-alive upstream connections, streaming, and nothing rewritten: what any
+proxy hop costs on this machine. ``--rtt MS`` gives every path the same
+network round trip (Chromium's network emulation; WebSockets are not
+delayed), as a site owner's browser has to a Fargate task. Run:
+``.venv/bin/python bench/tabs_bench.py [--rounds 5] [--site starlight] [--nginx] [--rtt 20]`` (``--site``: see preview_bench.py).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -30,9 +41,10 @@ from pathlib import Path
 from playwright.async_api import Browser, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+import pageload_bench
 from pageload_bench import SESSION, TIMING_JS, WATCHDOG, start_servers
 import preview_bench
-from preview_bench import SITES, use_site
+from preview_bench import SITES, free_port, use_site
 from processes import Processes
 
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS, PUBLIC_HOST  # noqa: E402  (pageload_bench put the root on sys.path)
@@ -41,10 +53,14 @@ failures: dict[str, int] = {}
 COLOR = "() => getComputedStyle(document.querySelector('main h1') || document.querySelector('h1')).color"
 
 
-async def visit(browser: Browser, url: str, css: Path, colours: list[str]) -> dict[str, float]:
+async def visit(browser: Browser, url: str, css: Path, colours: list[str], rtt: float = 0) -> dict[str, float]:
     context = await browser.new_context()
     try:
         page = await context.new_page()
+        if rtt:  # every HTTP request of this tab waits one round trip more (not the HMR socket's messages)
+            cdp = await context.new_cdp_session(page)
+            await cdp.send("Network.enable")
+            await cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": rtt, "downloadThroughput": -1, "uploadThroughput": -1})
         started = time.perf_counter()
         await page.goto(url, wait_until="load", timeout=60_000)
         await page.wait_for_function("() => document.readyState === 'complete'", timeout=60_000)
@@ -68,24 +84,24 @@ async def visit(browser: Browser, url: str, css: Path, colours: list[str]) -> di
         await context.close()
 
 
-async def measure(astro_port: int, edge_port: int, css: Path, rounds: int) -> dict[str, list[dict[str, float]]]:
-    edge_origin = f"http://{PUBLIC_HOST}:{edge_port}"
-    urls = {"edge": f"{edge_origin}/session/{SESSION}/", "direct": f"http://127.0.0.1:{astro_port}/"}
+async def measure(urls: dict[str, str], css: Path, rounds: int, rtt: float) -> dict[str, list[dict[str, float]]]:
+    """Each round visits every path in turn, in the opposite order every other round."""
     colours = ["rgb(1, 2, 3)", "rgb(200, 30, 40)"]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
     failures.update({name: 0 for name in urls})
+    edge_origin = urls["edge"].partition("/session/")[0]
     async with async_playwright() as playwright:
         args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={edge_origin}"]
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
         try:
             for _ in range(2):  # warm-up: Vite's first compile
                 for url in urls.values():
-                    await visit(browser, url, css, colours)
+                    await visit(browser, url, css, colours, rtt)
             for n in range(rounds):
                 order = list(urls) if n % 2 == 0 else list(reversed(urls))
                 for name in order:
                     try:
-                        results[name].append(await visit(browser, urls[name], css, colours))
+                        results[name].append(await visit(browser, urls[name], css, colours, rtt))
                     except PlaywrightTimeout as exc:  # counted and shown: a missed HMR update is a finding, not noise
                         failures[name] += 1
                         print(f"{name}: {str(exc).splitlines()[0]}", file=sys.stderr)
@@ -94,37 +110,97 @@ async def measure(astro_port: int, edge_port: int, css: Path, rounds: int) -> di
     return results
 
 
-def report(results: dict[str, list[dict[str, float]]], rounds: int, loadavg: tuple[float, float, float]) -> None:
+def paired_interval(ratios: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """The 95 % bootstrap interval of the median of ``ratios`` (seeded: a run reports the same interval twice)."""
+    draw = random.Random(11)
+    medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return medians[int(resamples * 0.025)], medians[int(resamples * 0.975) - 1]
+
+
+def report(results: dict[str, list[dict[str, float]]], rounds: int, loadavg: tuple[float, float, float], rtt: float) -> None:
     print(f"\nPer-tab sessions in Chromium: {preview_bench.BENCH_SITE.name} site, {os.cpu_count()} cores, {rounds} rounds, "
-          f"load average at start {loadavg[0]:.2f} {loadavg[1]:.2f} {loadavg[2]:.2f}\n")
-    print(f"{'measure':34}  {'edge median':>11}  {'direct median':>13}  {'edge/direct':>11}  {'paired':>6}")
+          f"round trip {rtt:g} ms, load average at start {loadavg[0]:.2f} {loadavg[1]:.2f} {loadavg[2]:.2f}\n")
+    print(f"{'measure':31} {'path':6} {'median':>8} {'direct':>8} {'ratio':>6} {'paired':>6}  95% interval")
     for key, label in (("first", "first visit, wall ms"), ("load", "reload loadEventEnd ms"),
                        ("all", "reload, all resources ms"), ("hmr", "HMR CSS edit to new colour ms")):
-        edge = statistics.median(r[key] for r in results["edge"])
         direct = statistics.median(r[key] for r in results["direct"])
-        # paired: the median of each round's edge/direct ratio (a busy moment hits both sides of a round alike)
-        paired = statistics.median(e[key] / d[key] for e, d in zip(results["edge"], results["direct"]))
-        print(f"{label:34}  {edge:11.1f}  {direct:13.1f}  {edge / direct:11.3f}  {paired:6.3f}")
+        for path in (name for name in results if name != "direct"):
+            median = statistics.median(r[key] for r in results[path])
+            ratios = [e[key] / d[key] for e, d in zip(results[path], results["direct"])]
+            low, high = paired_interval(ratios)
+            print(f"{label:31} {path:6} {median:8.1f} {direct:8.1f} {median / direct:6.3f} {statistics.median(ratios):6.3f}  {low:.3f}-{high:.3f}")
     print(f"timed-out visits (not in the medians): {failures}")
 
 
-def main(rounds: int, site: str = "example") -> None:
+NGINX = Path("/usr/sbin/nginx")
+# A reverse proxy in C as it is usually set up for Vite: upstream keep-alive, no buffering, WebSocket upgrades.
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log {dir}/access.log;  # a line per request, as the edge writes its proxy log
+  client_body_temp_path {dir}/tmp;
+  proxy_temp_path {dir}/tmp;
+  fastcgi_temp_path {dir}/tmp;
+  uwsgi_temp_path {dir}/tmp;
+  scgi_temp_path {dir}/tmp;
+  upstream astro {{ server 127.0.0.1:{astro}; keepalive 32; }}
+  map $http_upgrade $upgrade_connection {{ default upgrade; '' ''; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://astro;
+      proxy_http_version 1.1;
+      proxy_set_header Host $http_host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $upgrade_connection;
+      proxy_buffering off;
+      proxy_read_timeout 1h;
+    }}
+  }}
+}}
+"""
+
+
+def start_nginx(procs: Processes, workdir: Path, astro_port: int) -> int:
+    """nginx in front of the dev server; its URL's host is an IP literal, which Vite lets through."""
+    folder = workdir / "nginx"
+    (folder / "tmp").mkdir(parents=True)
+    port = free_port()
+    (folder / "nginx.conf").write_text(NGINX_CONF.format(dir=folder, astro=astro_port, port=port))
+    procs.start("nginx", [str(NGINX), "-p", str(folder), "-c", str(folder / "nginx.conf")])
+    pageload_bench.wait_200(f"http://127.0.0.1:{port}/", procs, "nginx")
+    return port
+
+
+def main(rounds: int, site: str = "example", nginx: bool = False, rtt: float = 0) -> None:
     bench_site = use_site(site)
+    if nginx and not NGINX.exists():
+        sys.exit(f"--nginx needs {NGINX} (apt-get install nginx)")
     loadavg = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tabs-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:
             astro_port, edge_port = start_servers(procs, Path(tmp))
+            urls = {"edge": f"http://{PUBLIC_HOST}:{edge_port}/session/{SESSION}/", "direct": f"http://127.0.0.1:{astro_port}/"}
+            if nginx:
+                urls["nginx"] = f"http://127.0.0.1:{start_nginx(procs, Path(tmp), astro_port)}/"
             css = Path(tmp) / "site" / bench_site.css
-            results = asyncio.run(asyncio.wait_for(measure(astro_port, edge_port, css, rounds), WATCHDOG))
+            results = asyncio.run(asyncio.wait_for(measure(urls, css, rounds, rtt), WATCHDOG + 20 * rounds * len(urls)))
         finally:
             procs.stop_all()
-    report(results, rounds, loadavg)
+    report(results, rounds, loadavg, rtt)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--site", choices=sorted(SITES), default="example")
+    parser.add_argument("--nginx", action="store_true", help="also through Debian's nginx, a reverse proxy in C (for reference)")
+    parser.add_argument("--rtt", type=float, default=0, help="a network round trip in ms added to every HTTP request of every path")
     options = parser.parse_args()
-    main(options.rounds, options.site)
+    main(options.rounds, options.site, options.nginx, options.rtt)

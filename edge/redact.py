@@ -29,8 +29,16 @@ def _redact_param(match: re.Match[str]) -> str:
 
 
 def redact_query(url: str) -> str:
-    """Hide secret-looking query values (Vite's ``?token=`` among them) in a path or URL."""
-    if "?" not in url:
+    """Hide secret-looking query values (Vite's ``?token=`` among them) in a path or URL.
+
+    A query none of whose text looks like a secret's name (Astro's
+    ``?astro&type=script&index=0&lang.ts``, nearly every query a preview
+    sends) is returned as it is, without splitting it into parameters: every
+    name is in that text with the characters around it, so one search finds
+    any name the parameter rule would.
+    """
+    query = url.find("?")
+    if query < 0 or _SECRET_NAME.search(url, query) is None:
         return url
     return _QUERY_PARAM.sub(_redact_param, url)
 

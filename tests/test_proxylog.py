@@ -155,6 +155,10 @@ async def test_a_failing_stdout_does_not_break_the_request(edge, serve):
         ("/@vite/client", "/@vite/client"),
         ("/src/a.ts?t=1700000000&import", "/src/a.ts?t=1700000000&import"),
         ("/x?token=", "/x?token="),
+        ("/x?v=token&id=1", "/x?v=token&id=1"),  # a secret's name as a value: nothing to hide
+        ("/x?astro&type=script&index=0&lang.ts", "/x?astro&type=script&index=0&lang.ts"),
+        ("/x?a=1&sig=2&b=3", "/x?a=1&sig=[redacted]&b=3"),
+        ("/x?code=1", "/x?code=[redacted]"),
         ("http://127.0.0.1:4321/?token=abc#f", "http://127.0.0.1:4321/?token=[redacted]#f"),
     ],
 )

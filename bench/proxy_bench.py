@@ -41,6 +41,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import nginx
 from processes import Processes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,30 +67,15 @@ const server = http.createServer((req, res) => {
 server.keepAliveTimeout = 65000;
 server.listen(Number(process.argv[2]), '127.0.0.1');
 """
-NGINX = Path("/usr/sbin/nginx")
-# nginx (Debian) as the upstream: one process (master_process off) so its CPU is one pid's.
-NGINX_CONF = """
-daemon off;
-master_process off;
-user root;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
+# nginx (Debian) as the static upstream.
+NGINX_HTTP = """
   access_log off;
-  client_body_temp_path {dir}/nginx-tmp;
-  proxy_temp_path {dir}/nginx-tmp;
-  fastcgi_temp_path {dir}/nginx-tmp;
-  uwsgi_temp_path {dir}/nginx-tmp;
-  scgi_temp_path {dir}/nginx-tmp;
   keepalive_requests 1000000;
   keepalive_timeout 65s;
   server {{
     listen 127.0.0.1:{port};
     location / {{ root {dir}; default_type text/css; add_header Cache-Control no-cache; }}
   }}
-}}
 """
 
 
@@ -243,8 +229,8 @@ def check_tools(upstream: str) -> None:
     missing = [tool for tool in ("wrk", "node") if shutil.which(tool) is None]
     if not CHP.exists():
         missing.append(str(CHP))
-    if upstream == "nginx" and not NGINX.exists():
-        missing.append(str(NGINX))
+    if upstream == "nginx" and not nginx.NGINX.exists():
+        missing.append(str(nginx.NGINX))
     if missing:
         sys.exit(f"missing {', '.join(missing)}: run `bash scripts/setup.sh` first")
 
@@ -298,10 +284,7 @@ def start_static(procs: Processes, workdir: Path, upstream: str) -> tuple[int, i
     prefixed = workdir / "session" / STATIC_SESSION / "style.css"
     prefixed.parent.mkdir(parents=True)
     prefixed.write_bytes(PAYLOAD)
-    (workdir / "nginx-tmp").mkdir()
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
-    return port, procs.start("static", [str(NGINX), "-p", str(workdir), "-c", str(conf)])
+    return port, nginx.start(procs, "static", workdir, NGINX_HTTP.format(dir=workdir, port=port))
 
 
 def start_servers(procs: Processes, workdir: Path, with_asyncio: bool, upstream: str) -> tuple[list[Target], list[Target]]:

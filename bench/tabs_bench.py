@@ -41,6 +41,7 @@ from pathlib import Path
 from playwright.async_api import Browser, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+import nginx
 import pageload_bench
 from pageload_bench import SESSION, TIMING_JS, WATCHDOG, start_servers
 import preview_bench
@@ -102,7 +103,7 @@ async def measure(urls: dict[str, str], css: Path, rounds: int, rtt: float) -> d
                 for name in order:
                     try:
                         results[name].append(await visit(browser, urls[name], css, colours, rtt))
-                    except PlaywrightTimeout as exc:  # counted and shown: a missed HMR update is a finding, not noise
+                    except (PlaywrightTimeout, TimeoutError) as exc:  # counted and shown: a missed HMR update or socket is a finding, not noise
                         failures[name] += 1
                         print(f"{name}: {str(exc).splitlines()[0]}", file=sys.stderr)
         finally:
@@ -132,22 +133,9 @@ def report(results: dict[str, list[dict[str, float]]], rounds: int, loadavg: tup
     print(f"timed-out visits (not in the medians): {failures}")
 
 
-NGINX = Path("/usr/sbin/nginx")
 # A reverse proxy in C as it is usually set up for Vite: upstream keep-alive, no buffering, WebSocket upgrades.
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
+NGINX_HTTP = """
   access_log {dir}/access.log;  # a line per request, as the edge writes its proxy log
-  client_body_temp_path {dir}/tmp;
-  proxy_temp_path {dir}/tmp;
-  fastcgi_temp_path {dir}/tmp;
-  uwsgi_temp_path {dir}/tmp;
-  scgi_temp_path {dir}/tmp;
   upstream astro {{ server 127.0.0.1:{astro}; keepalive 32; }}
   map $http_upgrade $upgrade_connection {{ default upgrade; '' ''; }}
   server {{
@@ -162,32 +150,28 @@ http {{
       proxy_read_timeout 1h;
     }}
   }}
-}}
 """
 
 
 def start_nginx(procs: Processes, workdir: Path, astro_port: int) -> int:
     """nginx in front of the dev server; its URL's host is an IP literal, which Vite lets through."""
-    folder = workdir / "nginx"
-    (folder / "tmp").mkdir(parents=True)
-    port = free_port()
-    (folder / "nginx.conf").write_text(NGINX_CONF.format(dir=folder, astro=astro_port, port=port))
-    procs.start("nginx", [str(NGINX), "-p", str(folder), "-c", str(folder / "nginx.conf")])
+    folder, port = workdir / "nginx", free_port()
+    nginx.start(procs, "nginx", folder, NGINX_HTTP.format(dir=folder, astro=astro_port, port=port))
     pageload_bench.wait_200(f"http://127.0.0.1:{port}/", procs, "nginx")
     return port
 
 
-def main(rounds: int, site: str = "example", nginx: bool = False, rtt: float = 0) -> None:
+def main(rounds: int, site: str = "example", with_nginx: bool = False, rtt: float = 0) -> None:
     bench_site = use_site(site)
-    if nginx and not NGINX.exists():
-        sys.exit(f"--nginx needs {NGINX} (apt-get install nginx)")
+    if with_nginx and not nginx.NGINX.exists():
+        sys.exit(f"--nginx needs {nginx.NGINX} (apt-get install nginx)")
     loadavg = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tabs-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:
             astro_port, edge_port = start_servers(procs, Path(tmp))
             urls = {"edge": f"http://{PUBLIC_HOST}:{edge_port}/session/{SESSION}/", "direct": f"http://127.0.0.1:{astro_port}/"}
-            if nginx:
+            if with_nginx:
                 urls["nginx"] = f"http://127.0.0.1:{start_nginx(procs, Path(tmp), astro_port)}/"
             css = Path(tmp) / "site" / bench_site.css
             results = asyncio.run(asyncio.wait_for(measure(urls, css, rounds, rtt), WATCHDOG + 20 * rounds * len(urls)))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from core.processes import signal_group
@@ -26,12 +28,20 @@ def stop_group(process: subprocess.Popen, grace: float = 10) -> None:
     process.wait()
 
 
+def exit_on_sigterm() -> None:
+    """Let SIGTERM (``timeout``, a CI runner) end a benchmark as Ctrl-C does, through its ``finally``
+    blocks: its processes run in sessions of their own, so nothing else would stop them."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 class Processes:
     """Started processes with their output in ``<logs>/<name>.log``; ``stop_all`` stops them in reverse."""
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.started: list[subprocess.Popen] = []
+        exit_on_sigterm()
 
     def start(self, name: str, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
         with (self.logs / f"{name}.log").open("wb") as log:

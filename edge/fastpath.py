@@ -560,13 +560,7 @@ class FrontProtocol(asyncio.Protocol):
         flow.upstream_response_headers = received
         exchange.exchange.upstream_head()
         out = client_response_headers(received, route.target, exchange.peer, match, flow)
-        kind = None
-        if upstream.status == 200:  # a reload's 304s skip the rest
-            length = received.get("Content-Length")
-            kind = prefixing.treatment(
-                match, flow.client_headers, self._fast.settings.tab_isolation, upstream.status, received,
-                int(length) if length is not None and length.isdigit() else None,
-            )
+        kind = prefixing.treatment(match, flow.client_headers, self._fast.settings.tab_isolation, upstream.status, received)
         if kind == "html":
             exchange.page = prefixing.PageRewriter(match.prefix.encode())  # its new length is unknown: chunks
             out.popall("Content-Length", None)
@@ -637,12 +631,10 @@ class FrontProtocol(asyncio.Protocol):
         exchange = self._exchange
         if exchange is None or upstream is not self._upstream:
             return
-        if upstream.complete and exchange.held is not None:
-            self._send_held(exchange, rewrite=True)
         if upstream.complete:
-            self._end_page(exchange)
-        if upstream.complete and exchange.chunked:
-            self._out.append(CHUNK_END)
+            if exchange.held is not None:
+                self._send_held(exchange, rewrite=True)
+            self._end_body(exchange)
         self._flush()
         if upstream.complete:
             upstream.idle = True
@@ -650,12 +642,14 @@ class FrontProtocol(asyncio.Protocol):
                 self._drop_upstream()
             self._finish(exchange)
 
-    def _end_page(self, exchange: FastRequest) -> None:
-        """The text a streamed page still holds (a last tag) goes out before the body's end."""
+    def _end_body(self, exchange: FastRequest) -> None:
+        """End the answer's body: what a streamed page still holds (a last tag), then the last chunk if re-framed."""
         if exchange.page is not None:
             tail, exchange.page = exchange.page.close(), None
             if tail:
                 self._pass_body(exchange, tail)
+        if exchange.chunked:
+            self._out.append(CHUNK_END)
 
     def upstream_lost(self, upstream: UpstreamProtocol) -> None:
         if upstream is not self._upstream:
@@ -666,9 +660,8 @@ class FrontProtocol(asyncio.Protocol):
             return  # an idle kept-alive connection the upstream closed
         if not exchange.head_sent:
             self._replay(exchange)
-        elif exchange.until_close:  # the connection's end is the body's end
-            self._end_page(exchange)
-            self._out.append(CHUNK_END)
+        elif exchange.until_close:  # the connection's end is the body's end (re-framed as chunks)
+            self._end_body(exchange)
             self._flush()
             self._finish(exchange)
         else:

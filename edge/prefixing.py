@@ -90,18 +90,21 @@ def wanted(found: object, headers: Headers, enabled: bool) -> bool:
     return "text/html" in headers.get("Accept", "")
 
 
-def treatment(found: object, request: Headers, enabled: bool, status: int, response: Headers, length: int | None) -> str | None:
+def treatment(found: object, request: Headers, enabled: bool, status: int, response: Headers) -> str | None:
     """How an upstream's answer is passed on, the one rule of both proxy paths: ``"html"`` (a page,
     rewritten as it streams), ``"js"`` (a module, read whole and rewritten), or None (unchanged).
 
     Only a 200 of a wanted request, uncompressed; a module announced bigger
     than ``MAX_BODY`` passes unchanged (one that turns out bigger does too).
+    A reload's 304s, and every answer outside a prefix, are decided by the first test.
     """
     if status != 200 or "Content-Encoding" in response or not wanted(found, request, enabled):
         return None
     kind = kind_of(response.get("Content-Type", ""))
-    if kind == "js" and length is not None and length > MAX_BODY:
-        return None
+    if kind == "js":
+        length = response.get("Content-Length", "")
+        if length.isdigit() and int(length) > MAX_BODY:
+            return None
     return kind
 
 

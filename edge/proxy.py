@@ -140,14 +140,12 @@ async def forward_http(request: web.Request, found: Match, route: Route, peer: P
         flow.upstream_response_headers = upstream.headers
         out_headers = client_response_headers(upstream.headers, route.target, peer, found, flow)
         has_body = request.method != "HEAD" and upstream.status not in (204, 304)
-        length = upstream.content_length
-        kind = prefixing.treatment(
-            found, request.headers, request.app[keys.SETTINGS].tab_isolation, upstream.status, upstream.headers, length
-        )
+        kind = prefixing.treatment(found, request.headers, request.app[keys.SETTINGS].tab_isolation, upstream.status, upstream.headers)
         if kind is not None:
             if has_body:
                 return await _answer_rewritten(request, upstream, out_headers, ex, found, kind)
             out_headers.popall("Content-Length", None)  # HEAD: a GET's body would be rewritten, to a length unknown here
+        length = upstream.content_length
         if has_body and length is not None and length <= SMALL_BODY and "Transfer-Encoding" not in upstream.headers:
             return await _answer_whole(request, upstream, out_headers, ex)
         return await _stream(request, upstream, out_headers, ex, has_body)

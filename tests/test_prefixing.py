@@ -253,6 +253,34 @@ async def test_a_big_module_of_unknown_length_streams_unchanged(edge, serve, cli
         assert await resp.read() == big
 
 
+async def test_a_module_announced_bigger_than_the_limit_passes_unchanged_as_it_arrives(edge, serve, client, monkeypatch):
+    monkeypatch.setattr("edge.prefixing.MAX_BODY", 64 * 1024)
+    big = b'import "/x.js";\n' + b"//" * 40_000  # 80 kB, with a Content-Length
+    release = asyncio.Event()
+
+    async def announced(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/javascript"})
+        response.content_length = len(big)
+        await response.prepare(request)
+        await response.write(big[:16 * 1024])
+        await release.wait()  # the rest once the client has the start: a held module never would
+        await response.write(big[16 * 1024 :])
+        await response.write_eof()
+        return response
+
+    upstream = await serve(app_with({"/big.js": announced}))
+    server = await edge()
+    await post_route(server.origin, "abc", upstream.origin)
+    try:
+        async with client.get(server.url("/session/abc/big.js"), headers=SCRIPT, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            assert resp.status == 200 and resp.headers["Content-Length"] == str(len(big))
+            first = await asyncio.wait_for(resp.content.readexactly(64), 5)
+            release.set()
+            assert first + await resp.read() == big  # not held, not prefixed
+    finally:
+        release.set()
+
+
 async def test_a_root_request_follows_the_page_in_its_referer(edge, serve, client):
     upstream = await serve(upstream_app())
     server = await edge()

@@ -83,7 +83,8 @@ async def test_both_paths_send_the_same_request_and_answer_and_log_the_same_chan
     results = []
     for fast_path in (True, False):
         stream = io.StringIO()
-        server = await edge(proxy_log=ProxyLog([JsonLines(stream=stream)]), fast_path=fast_path)
+        log = ProxyLog([JsonLines(stream=stream)])
+        server = await edge(proxy_log=log, fast_path=fast_path)
         add_route(server, "s1", recording_upstream.origin)
         reader, writer = await open_raw(server.port)
         headers = {
@@ -98,6 +99,7 @@ async def test_both_paths_send_the_same_request_and_answer_and_log_the_same_chan
         response = await read_response(reader)
         writer.close()
         assert response is not None and response.status == 200
+        log.publish()
         await asyncio.sleep(0)  # the log line is written at the end of the loop turn
         record = json.loads(stream.getvalue().splitlines()[-1])
         upstream_seen = recording_upstream.seen[-1]
@@ -188,9 +190,10 @@ async def test_chunked_and_close_delimited_bodies_reach_the_client_whole(edge):
 
 async def test_an_upstream_that_breaks_off_mid_body_cuts_the_client_connection(edge):
     stream = io.StringIO()
+    log = ProxyLog([JsonLines(stream=stream)])
     broken = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
     async with await raw_upstream(broken) as upstream:
-        server = await edge(proxy_log=ProxyLog([JsonLines(stream=stream)]))
+        server = await edge(proxy_log=log)
         add_route(server, "s1", upstream.origin)
         reader, writer = await open_raw(server.port)
         writer.write(request("GET", "/session/s1/x"))
@@ -200,6 +203,7 @@ async def test_an_upstream_that_breaks_off_mid_body_cuts_the_client_connection(e
         writer.close()
     assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 100" in head
     assert rest == b"only part"
+    log.publish()
     await asyncio.sleep(0)
     record = json.loads(stream.getvalue().splitlines()[-1])
     assert record["error"].startswith("stream broke mid-body")

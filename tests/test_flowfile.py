@@ -87,6 +87,7 @@ async def test_mitmdump_reads_both_sides_of_every_exchange(edge, serve, tmp_path
         await wait_until(lambda: len(server.app[keys.PROXY_LOG].recent.records) == 5, "five exchanges")
         async with client.get(server.url("/session/gone/x"), headers={"Host": PUBLIC_HOST}) as resp:
             assert resp.status == 502
+    server.app[keys.PROXY_LOG].publish()  # the last flow's batch, without waiting for it
     files = flow_file_of(server)
     await asyncio.to_thread(files.close)  # close writes whatever is pending
     assert files.written == 6 and files.dropped == 0
@@ -166,12 +167,14 @@ async def test_a_failing_disk_drops_flows_and_never_a_request(edge, serve, tmp_p
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page?n=1")) as resp:
             assert await resp.text() == "hello page"
+        server.app[keys.PROXY_LOG].publish()
         assert await asyncio.to_thread(files.flush)
         assert files.dropped == 1 and not path.exists()
 
         path.parent.mkdir()  # the disk is back: the next flow is written
         async with client.get(server.url("/session/s1/page?n=2")) as resp:
             assert await resp.text() == "hello page"
+        server.app[keys.PROXY_LOG].publish()
         assert await asyncio.to_thread(files.flush)
     assert (files.written, files.dropped) == (1, 1)
     flows, _ = await mitmdump(path, tmp_path)
@@ -197,6 +200,7 @@ async def test_a_stuck_disk_does_not_hold_up_requests(edge, serve, tmp_path):
     reader = threading.Thread(target=read_all, daemon=True)
     reader.start()  # the disk comes back: everything queued is written
     files = flow_file_of(server)
+    server.app[keys.PROXY_LOG].publish()
     assert await asyncio.to_thread(files.flush)
     await asyncio.to_thread(files.close)
     await asyncio.to_thread(reader.join, 10)
@@ -224,6 +228,7 @@ async def test_a_dead_writer_process_is_replaced(edge, serve, tmp_path):
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page?n=1")) as resp:
             assert resp.status == 200
+        server.app[keys.PROXY_LOG].publish()
         assert await asyncio.to_thread(files.flush)
         writer = files._child
         assert writer is not None
@@ -235,6 +240,7 @@ async def test_a_dead_writer_process_is_replaced(edge, serve, tmp_path):
 
         async with client.get(server.url("/session/s1/page?n=2")) as resp:
             assert resp.status == 200
+        server.app[keys.PROXY_LOG].publish()
         assert await asyncio.to_thread(files.flush)
     assert files._child is not writer and (files.written, files.dropped) == (2, 0)
     flows, _ = await mitmdump(path, tmp_path)
@@ -249,6 +255,7 @@ async def test_a_full_file_is_rotated_and_both_stay_readable(edge, serve, tmp_pa
         for n in range(6):
             async with client.get(server.url(f"/session/s1/page?n={n}")) as resp:
                 assert resp.status == 200
+            server.app[keys.PROXY_LOG].publish()
             assert await asyncio.to_thread(files.flush)
     await asyncio.to_thread(files.close)
     older = path.with_name("flows.mitm.1")

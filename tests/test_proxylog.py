@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -9,6 +10,7 @@ import time
 import aiohttp
 import pytest
 
+from edge import proxylog
 from edge.flow import ProxyFlow
 from edge.proxylog import JsonLines, ProxyLog
 from edge.redact import redact_header, redact_query
@@ -126,6 +128,7 @@ async def test_a_failing_addon_breaks_neither_the_request_nor_the_other_addons(e
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page")) as resp:
             assert await resp.text() == "hello page"
+    await wait_until(lambda: stream.getvalue().endswith("\n"), "the other addon's line")
     assert json.loads(stream.getvalue())["status"] == 200
     log.close()  # must not raise
 
@@ -144,6 +147,51 @@ async def test_a_failing_stdout_does_not_break_the_request(edge, serve):
     assert len(log.recent.records) == 1
 
 
+class _Writes(io.StringIO):
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+async def test_a_burst_of_requests_is_logged_in_one_write_soon_after(edge, serve, monkeypatch):
+    monkeypatch.setattr(proxylog, "PUBLISH_DELAY", 1.0)  # room for the burst on a busy machine
+    stream = _Writes()
+    log = ProxyLog([JsonLines(stream=stream)])
+    server, _ = await logged_edge(edge, serve, proxy_log=log)
+    async with aiohttp.ClientSession() as client:
+
+        async def get(n: int) -> None:
+            async with client.get(server.url(f"/session/s1/page?n={n}")) as resp:
+                assert await resp.text() == "hello page"
+
+        await asyncio.gather(*(get(n) for n in range(5)))
+        assert stream.writes == []  # nothing is encoded or written while the burst is answered
+        await wait_until(lambda: stream.writes, "the burst's lines", timeout=20)
+    lines = "".join(stream.writes).splitlines()
+    assert len(stream.writes) < len(lines)  # whole lines, a pipe's atomic write at a time
+    assert sorted(json.loads(line)["path"] for line in lines) == [
+        f"/session/s1/page?n={n}" for n in range(5)
+    ]
+
+
+async def test_the_recent_records_include_flows_not_yet_written(edge, serve):
+    stream = _Writes()
+    log = ProxyLog([JsonLines(stream=stream)])
+    server, _ = await logged_edge(edge, serve, proxy_log=log)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(server.url("/session/s1/page")) as resp:
+            assert resp.status == 200
+    assert [r["path"] for r in log.recent.for_session("s1")] == ["/session/s1/page"]
+    await asyncio.sleep(0)  # and reading them sent the line on its way
+    assert len(stream.writes) == 1
+
+
 @pytest.mark.parametrize(
     "raw, expected",
     [
@@ -157,6 +205,8 @@ async def test_a_failing_stdout_does_not_break_the_request(edge, serve):
         ("/x?token=", "/x?token="),
         ("/x?v=token&id=1", "/x?v=token&id=1"),  # a secret's name as a value: nothing to hide
         ("/x?astro&type=script&index=0&lang.ts", "/x?astro&type=script&index=0&lang.ts"),
+        ("/x?pa\u017fsword=p&v=1", "/x?pa\u017fsword=[redacted]&v=1"),  # ſ is an s when case is ignored
+        ("/x?API_KEY=k&Token=t", "/x?API_KEY=[redacted]&Token=[redacted]"),
         ("/x?a=1&sig=2&b=3", "/x?a=1&sig=[redacted]&b=3"),
         ("/x?code=1", "/x?code=[redacted]"),
         ("http://127.0.0.1:4321/?token=abc#f", "http://127.0.0.1:4321/?token=[redacted]#f"),

@@ -23,6 +23,12 @@ _SECRET_NAME = re.compile(
 )
 
 
+# Every ASCII text _SECRET_NAME matches holds one of these, lowered: an ASCII query without any
+# is left alone after a few substring tests, a quarter of the cost of the expression's search.
+# (Ignoring case, the expression also matches ``ſ`` for ``s`` and ``ı`` for ``i``: others are searched.)
+_SECRET_WORDS = ("token", "secret", "pass", "pwd", "auth", "key", "sig", "credential", "jwt", "code")
+
+
 def _redact_param(match: re.Match[str]) -> str:
     name, value = match.group(1), match.group(2)
     return name + REDACTED if value and _SECRET_NAME.search(name) else match.group(0)
@@ -38,7 +44,14 @@ def redact_query(url: str) -> str:
     any name the parameter rule would.
     """
     query = url.find("?")
-    if query < 0 or _SECRET_NAME.search(url, query) is None:
+    if query < 0:
+        return url
+    text = url[query:]
+    if text.isascii():
+        text = text.lower()
+        if not any(word in text for word in _SECRET_WORDS):
+            return url
+    if _SECRET_NAME.search(url, query) is None:
         return url
     return _QUERY_PARAM.sub(_redact_param, url)
 

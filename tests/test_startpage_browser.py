@@ -43,6 +43,10 @@ async def watch_stages(watched: WatchedPage, until: str, timeout: float = DEADLI
 async def test_the_waiting_page_shows_the_stage_and_opens_the_site_quietly(preview_edge, make_thread):
     thread = make_thread("t1")
     shutil.rmtree(thread.path / "node_modules")  # the first start installs: every stage shows
+    # Starting lasts longer than the page's poll (2 s), so the page sees it however fast Astro starts.
+    package = json.loads((thread.path / "package.json").read_text())
+    package.setdefault("scripts", {})["dev"] = "sleep 4 && astro dev"
+    (thread.path / "package.json").write_text(json.dumps(package))
     edge = await preview_edge()
     # A machine gets 503 and Retry-After (and starts the preview).
     status, body, headers = await edge.get(f"/session/{thread.session_id}/", Accept="application/json")

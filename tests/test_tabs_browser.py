@@ -138,7 +138,12 @@ async def two_tabs(edge, browser, origin: str, one, two) -> None:
         assert tab1.page.url == f"{url_one}about"
         await hmr_connected(tab1, one.session_id)
         css.write_text(css.read_text().replace("rgb(200, 30, 40)", "rgb(10, 120, 10)"))
-        await eventually(tab1.page, f"() => ({H1_COLOR})() === 'rgb(10, 120, 10)'", "a second CSS edit in tab 1")
+        await eventually(
+            tab1.page,
+            f"() => ({H1_COLOR})() === 'rgb(10, 120, 10)'",
+            "a second CSS edit in tab 1",
+            context=lambda: f"tab 1's console: {tab1.console_messages[-15:]}",
+        )
         assert await tab2.page.evaluate(H1_COLOR) == "rgb(4, 5, 6)"
         assert foreign_responses(tab1, origin, one.session_id) == []
         assert foreign_responses(tab2, origin, two.session_id) == []

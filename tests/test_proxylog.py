@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from edge import proxylog
 from edge.flow import ProxyFlow
@@ -190,6 +191,17 @@ async def test_the_recent_records_include_flows_not_yet_written(edge, serve):
     assert [r["path"] for r in log.recent.for_session("s1")] == ["/session/s1/page"]
     await asyncio.sleep(0)  # and reading them sent the line on its way
     assert len(stream.writes) == 1
+
+
+async def test_closing_the_log_writes_the_flows_still_waiting_for_their_batch():
+    stream = _Writes()
+    log = ProxyLog([JsonLines(stream=stream)])
+    flow = ProxyFlow("s1", "prefix", "GET", "/session/s1/x", "HTTP/1.1", "127.0.0.1", CIMultiDict())
+    flow.finish()
+    log.flow_done(flow)
+    assert stream.writes == []  # waiting for its batch
+    log.close()  # the app's cleanup, on SIGTERM
+    assert [json.loads(line)["path"] for line in "".join(stream.writes).splitlines()] == ["/session/s1/x"]
 
 
 @pytest.mark.parametrize(

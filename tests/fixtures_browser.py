@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, Response, WebSocket, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Frame, Page, Request, Response, WebSocket, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS
@@ -61,6 +61,7 @@ class WatchedPage:
     error_responses: list[str] = field(default_factory=list)
     responses: list[Response] = field(default_factory=list)
     websockets: list[WebSocket] = field(default_factory=list)
+    document_start: int = 0  # where the current document's messages begin in console_messages
 
     def problems(self) -> list[str]:
         """Everything that should not happen on a healthy preview page."""
@@ -70,6 +71,11 @@ class WatchedPage:
         """Forget what was recorded so far (before the next step of a test)."""
         for recorded in (self.console_messages, self.console_errors, self.failed_requests, self.error_responses, self.responses):
             recorded.clear()
+        self.document_start = 0
+
+    def document_console(self) -> list[str]:
+        """The console messages of the page's current document (since its navigation, or the last clear)."""
+        return self.console_messages[self.document_start :]
 
     @classmethod
     def watch(cls, page: Page) -> "WatchedPage":
@@ -80,7 +86,12 @@ class WatchedPage:
         page.on("requestfailed", watched._on_request_failed)
         page.on("response", watched._on_response)
         page.on("websocket", watched._on_websocket)
+        page.on("framenavigated", lambda frame: watched._on_navigated(frame, page))
         return watched
+
+    def _on_navigated(self, frame: Frame, page: Page) -> None:
+        if frame == page.main_frame:
+            self.document_start = len(self.console_messages)
 
     def _on_console(self, message: ConsoleMessage) -> None:
         self.console_messages.append(message.text)

@@ -30,7 +30,7 @@ async def test_a_stopped_thread_opens_in_chromium_and_edits_show_live(preview_ed
         return any("?token=" in ws.url and not ws.is_closed() for ws in page.websockets)
 
     def hmr_connected() -> bool:
-        return hmr_open() and any("[vite] connected" in m for m in page.console_messages)
+        return hmr_open() and any("[vite] connected" in m for m in page.document_console())
 
     await wait_until(hmr_connected, "the HMR socket to connect", DEADLINE, interval=0.1)
     page.clear()

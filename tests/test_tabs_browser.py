@@ -22,11 +22,16 @@ H1_TEXT = "() => document.querySelector('h1')?.textContent"
 
 
 async def hmr_connected(watched: WatchedPage, session_id: str) -> None:
-    """Wait until the tab's Vite client is connected, through its own session's prefix."""
+    """Wait until the current page's Vite client is connected, through its own session's prefix.
+
+    Only the current document's messages count: the page before a navigation had logged
+    "[vite] connected" too, and an edit made on its word raced the new page's socket and was
+    missed (the two-tab test failed about 1 run in 5).
+    """
 
     def connected() -> bool:
         sockets = [ws for ws in watched.websockets if "?token=" in ws.url and not ws.is_closed()]
-        if sockets and any("[vite] connected" in m for m in watched.console_messages):
+        if sockets and any("[vite] connected" in m for m in watched.document_console()):
             assert all(f"/session/{session_id}/?token=" in ws.url for ws in sockets), [ws.url for ws in sockets]
             return True
         return False

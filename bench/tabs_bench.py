@@ -164,7 +164,7 @@ def start_nginx(procs: Processes, workdir: Path, astro_port: int) -> int:
 def main(rounds: int, site: str = "example", with_nginx: bool = False, rtt: float = 0) -> None:
     bench_site = use_site(site)
     if with_nginx and not nginx.NGINX.exists():
-        sys.exit(f"--nginx needs {nginx.NGINX} (apt-get install nginx)")
+        sys.exit(f"--nginx needs {nginx.NGINX}: run `bash scripts/setup.sh` first")
     loadavg = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tabs-bench-") as tmp:
         procs = Processes(Path(tmp))

@@ -49,6 +49,7 @@ apt_packages() {
     command -v chromium >/dev/null || missing+=(chromium)
     command -v git >/dev/null || missing+=(git)
     command -v wrk >/dev/null || missing+=(wrk)
+    [[ -x /usr/sbin/nginx ]] || missing+=(nginx)  # the benchmarks' reference proxy and static upstream (bench/nginx.py)
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)
     command -v "$PYTHON" >/dev/null || missing+=(python3)
@@ -61,6 +62,9 @@ apt_packages() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [[ " ${missing[*]} " == *" nginx "* ]]; then
+        /usr/sbin/nginx -s quit 2>/dev/null || true  # the package may start a daemon on port 80: the benchmarks start their own
+    fi
 }
 
 # Debian packages a fresh bookworm machine lacks beyond those above: libatomic1 for the

@@ -18,15 +18,15 @@ URL_HEADERS = frozenset({"location", "content-location", "referer"})
 _QUERY_PARAM = re.compile(r"([?&][^=&#]*=)([^&#]*)")
 # Query names that look like credentials: Vite's ``token``, ``access_token``, ``api_key``,
 # ``X-Amz-Signature``, ``client_secret``, ``password``, OAuth's ``code``, ``sig``...
+_SECRET_PARTS = ("token", "secret", "pass", "pwd", "auth", "key", "signature", "credential", "jwt")
+_SECRET_WORDS = ("sig", "code")  # only as a whole word of the name: not ``design`` or ``encode``
 _SECRET_NAME = re.compile(
-    r"(?i)token|secret|pass|pwd|auth|key|signature|credential|jwt|(?:^|[-_.?&])(?:sig|code)(?:$|[-_.=])"
+    "(?i)" + "|".join(_SECRET_PARTS) + r"|(?:^|[-_.?&])(?:" + "|".join(_SECRET_WORDS) + r")(?:$|[-_.=])"
 )
-
-
 # Every ASCII text _SECRET_NAME matches holds one of these, lowered: an ASCII query without any
 # is left alone after a few substring tests, a quarter of the cost of the expression's search.
 # (Ignoring case, the expression also matches ``ſ`` for ``s`` and ``ı`` for ``i``: others are searched.)
-_SECRET_WORDS = ("token", "secret", "pass", "pwd", "auth", "key", "sig", "credential", "jwt", "code")
+_LOWERED_HINTS = _SECRET_PARTS + _SECRET_WORDS
 
 
 def _redact_param(match: re.Match[str]) -> str:
@@ -37,7 +37,7 @@ def _redact_param(match: re.Match[str]) -> str:
 def redact_query(url: str) -> str:
     """Hide secret-looking query values (Vite's ``?token=`` among them) in a path or URL.
 
-    An ASCII query with none of ``_SECRET_WORDS`` in it (Astro's
+    An ASCII query with none of ``_LOWERED_HINTS`` in it (Astro's
     ``?astro&type=script&index=0&lang.ts``, nearly every query a preview
     sends) is returned as it is, without splitting it into parameters.
     """
@@ -47,7 +47,7 @@ def redact_query(url: str) -> str:
     text = url[query:]
     if text.isascii():
         lowered = text.lower()
-        if not any(word in lowered for word in _SECRET_WORDS):
+        if not any(hint in lowered for hint in _LOWERED_HINTS):
             return url
     return _QUERY_PARAM.sub(_redact_param, url)
 

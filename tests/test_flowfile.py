@@ -78,6 +78,12 @@ def flow_file_of(server) -> FlowFile:
     return next(a for a in server.app[keys.PROXY_LOG].addons if isinstance(a, FlowFile))
 
 
+async def flushed(server, files: FlowFile) -> bool:
+    """The flows that ended, handed on now (not after their batch's delay) and written: ``files.flush()``."""
+    server.app[keys.PROXY_LOG].publish()
+    return await asyncio.to_thread(files.flush)
+
+
 async def test_mitmdump_reads_both_sides_of_every_exchange(edge, serve, tmp_path):
     path = tmp_path / "flows.mitm"
     server, upstream = await logged_edge(edge, serve, flow_log=path)  # as with EDGE_FLOW_LOG: the app's own proxy log
@@ -167,15 +173,13 @@ async def test_a_failing_disk_drops_flows_and_never_a_request(edge, serve, tmp_p
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page?n=1")) as resp:
             assert await resp.text() == "hello page"
-        server.app[keys.PROXY_LOG].publish()
-        assert await asyncio.to_thread(files.flush)
+        assert await flushed(server, files)
         assert files.dropped == 1 and not path.exists()
 
         path.parent.mkdir()  # the disk is back: the next flow is written
         async with client.get(server.url("/session/s1/page?n=2")) as resp:
             assert await resp.text() == "hello page"
-        server.app[keys.PROXY_LOG].publish()
-        assert await asyncio.to_thread(files.flush)
+        assert await flushed(server, files)
     assert (files.written, files.dropped) == (1, 1)
     flows, _ = await mitmdump(path, tmp_path)
     assert [f["path"] for f in flows] == ["/session/s1/page?n=2", "/page?n=2"]
@@ -200,8 +204,7 @@ async def test_a_stuck_disk_does_not_hold_up_requests(edge, serve, tmp_path):
     reader = threading.Thread(target=read_all, daemon=True)
     reader.start()  # the disk comes back: everything queued is written
     files = flow_file_of(server)
-    server.app[keys.PROXY_LOG].publish()
-    assert await asyncio.to_thread(files.flush)
+    assert await flushed(server, files)
     await asyncio.to_thread(files.close)
     await asyncio.to_thread(reader.join, 10)
     paths = [f.request.path for f in FlowReader(io.BytesIO(received[0])).stream()]
@@ -228,8 +231,7 @@ async def test_a_dead_writer_process_is_replaced(edge, serve, tmp_path):
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page?n=1")) as resp:
             assert resp.status == 200
-        server.app[keys.PROXY_LOG].publish()
-        assert await asyncio.to_thread(files.flush)
+        assert await flushed(server, files)
         writer = files._child
         assert writer is not None
         # The writer gets none of the edge's environment (GITHUB_TOKEN, EDGE_API_TOKEN...).
@@ -240,8 +242,7 @@ async def test_a_dead_writer_process_is_replaced(edge, serve, tmp_path):
 
         async with client.get(server.url("/session/s1/page?n=2")) as resp:
             assert resp.status == 200
-        server.app[keys.PROXY_LOG].publish()
-        assert await asyncio.to_thread(files.flush)
+        assert await flushed(server, files)
     assert files._child is not writer and (files.written, files.dropped) == (2, 0)
     flows, _ = await mitmdump(path, tmp_path)
     assert [f["path"] for f in flows] == ["/session/s1/page?n=1", "/page?n=1", "/session/s1/page?n=2", "/page?n=2"]
@@ -255,8 +256,7 @@ async def test_a_full_file_is_rotated_and_both_stay_readable(edge, serve, tmp_pa
         for n in range(6):
             async with client.get(server.url(f"/session/s1/page?n={n}")) as resp:
                 assert resp.status == 200
-            server.app[keys.PROXY_LOG].publish()
-            assert await asyncio.to_thread(files.flush)
+            assert await flushed(server, files)
     await asyncio.to_thread(files.close)
     older = path.with_name("flows.mitm.1")
     assert older.stat().st_size <= 12_000 and path.stat().st_size <= 12_000

@@ -160,11 +160,17 @@ class _Writes(io.StringIO):
         return super().write(text)
 
 
-async def test_a_burst_of_requests_is_logged_in_one_write_soon_after(edge, serve, monkeypatch):
-    monkeypatch.setattr(proxylog, "PUBLISH_DELAY", 1.0)  # room for the burst on a busy machine
+async def batched_edge(edge, serve, monkeypatch, delay: float):
+    """An edge whose proxy log hands its flows on ``delay`` seconds after they end: (server, log, stream)."""
+    monkeypatch.setattr(proxylog, "PUBLISH_DELAY", delay)
     stream = _Writes()
     log = ProxyLog([JsonLines(stream=stream)])
     server, _ = await logged_edge(edge, serve, proxy_log=log)
+    return server, log, stream
+
+
+async def test_a_burst_of_requests_is_logged_in_one_write_soon_after(edge, serve, monkeypatch):
+    server, _, stream = await batched_edge(edge, serve, monkeypatch, 1.0)  # room for the burst on a busy machine
     async with aiohttp.ClientSession() as client:
 
         async def get(n: int) -> None:
@@ -181,10 +187,8 @@ async def test_a_burst_of_requests_is_logged_in_one_write_soon_after(edge, serve
     ]
 
 
-async def test_the_recent_records_include_flows_not_yet_written(edge, serve):
-    stream = _Writes()
-    log = ProxyLog([JsonLines(stream=stream)])
-    server, _ = await logged_edge(edge, serve, proxy_log=log)
+async def test_the_recent_records_include_flows_not_yet_written(edge, serve, monkeypatch):
+    server, log, stream = await batched_edge(edge, serve, monkeypatch, 60.0)  # only the read can hand the flow on
     async with aiohttp.ClientSession() as client:
         async with client.get(server.url("/session/s1/page")) as resp:
             assert resp.status == 200
